@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny byte-level tokenizer with a chat template and tiny random-init Llama
+models saved like real checkpoints. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer():
+    """Byte-level BPE with no merges: 256 byte tokens + 3 specials, SmolLM2-style chat markup."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=256 + len(SPECIALS), special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["0123456789 abc"], trainer=trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<|im_start|>",
+                                 eos_token="<|im_end|>", model_max_length=2048)
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def save_tiny_lm(path: Path, seed: int, layers: int = 2, hidden: int = 32) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """The student: 2 layers, hidden 32, random init (seed 0)."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_student"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    """A different random model with the same tokenizer (seed 1)."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_teacher"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def gsm8k_train() -> Path:
+    path = SHARED_DATA / "gsm8k" / "train.jsonl"
+    if not path.exists():
+        pytest.skip("shared GSM8K data not present")
+    return path

@@ -1,0 +1,17 @@
+"""Generation backends by name. One plain dict of import paths keeps optional backends (vLLM,
+later) out of the import path until chosen (verl `_ROLLOUT_REGISTRY`)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+GENERATORS = {
+    "hf": "tutorloop.agents.generators.hf:HFGenerator",
+    "scripted": "tutorloop.agents.generators.scripted:ScriptedGenerator",
+}
+
+
+def generator_class(name: str) -> Any:
+    module, _, attr = GENERATORS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

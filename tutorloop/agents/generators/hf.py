@@ -1,0 +1,179 @@
+"""HFGenerator: transformers generation and teacher-forced scoring on CPU or one GPU.
+
+Agents send one request per problem; many episodes run concurrently, so requests that arrive
+together are coalesced into batched forward passes (a queue flushed once every ready episode has
+submitted). Sampled-token log-probs come from the raw logits (temperature 1), like vLLM's default
+`raw_logprobs`, so they compare directly with teacher scores for on-policy distillation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, render_prompt_ids, resolve_model
+from tutorloop.types import Completion, Message, SamplingParams, TokenScores
+
+
+class Coalescer:
+    """Gathers the requests of concurrent coroutines and answers them with one batched call per key."""
+
+    def __init__(self, run: Callable[[Any, list[Any]], list[Any]], yields: int = 3) -> None:
+        self.run, self.yields = run, yields
+        self.pending: dict[Any, list[tuple[list[Any], asyncio.Future]]] = {}
+        self.scheduled = False
+
+    async def submit(self, key: Any, items: list[Any]) -> list[Any]:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(key, []).append((items, future))
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        # A few loop turns let every episode whose previous call just returned reach its next call.
+        for _ in range(self.yields):
+            await asyncio.sleep(0)
+        self.scheduled = False
+        pending, self.pending = self.pending, {}
+        for key, requests in pending.items():
+            flat = [item for items, _ in requests for item in items]
+            try:
+                results = self.run(key, flat)
+            except Exception as exc:  # every waiter learns of the failure; none hangs
+                for _, future in requests:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for items, future in requests:
+                future.set_result(results[start:start + len(items)])
+                start += len(items)
+
+
+class HFGenerator:
+    def __init__(self, model: str, *, dtype: str = "float32", max_batch_size: int = 32,
+                 lora: dict[str, Any] | None = None, adapter: str | None = None, seed: int = 0) -> None:
+        """lora: adapter layout to receive synced weights into; adapter: a saved peft adapter to load."""
+        path = resolve_model(model)
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_causal_lm(path, dtype).eval()
+        if lora is not None and adapter is None:  # the trainer's adapter layout, so synced tensors load by name
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(**lora))
+        if adapter is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, adapter)
+        self.model.eval()
+        self.max_batch_size, self.seed = max_batch_size, seed
+        self.version, self.calls = 0, 0
+        self.counters = {"gen_tokens": 0.0, "gen_seconds": 0.0, "score_tokens": 0.0, "score_seconds": 0.0}
+        self.coalescer = Coalescer(self._run)
+
+    async def generate(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        ids = [render_prompt_ids(self.tokenizer, p) for p in prompts]
+        return await self.coalescer.submit(("generate", params), [i for i in ids for _ in range(params.n)])
+
+    async def score(self, prompts: Sequence[Sequence[Message]], target_ids: Sequence[Sequence[int]],
+                    top_k: int) -> list[TokenScores]:
+        contexts = [render_prompt_ids(self.tokenizer, p) for p in prompts]
+        return await self.coalescer.submit(("score", top_k), list(zip(contexts, map(tuple, target_ids))))
+
+    async def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> None:
+        import torch
+
+        tensors = dict(named_tensors)
+        if hasattr(self.model, "peft_config"):
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.model, tensors)
+            missing = [k for k in getattr(result, "unexpected_keys", [])]
+            if missing:
+                raise ValueError(f"adapter tensors not in the generator's model: {missing[:3]}")
+        else:
+            with torch.no_grad():
+                result = self.model.load_state_dict(tensors, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"weights not in the generator's model: {result.unexpected_keys[:3]}")
+        self.version = version
+
+    async def stats(self) -> dict[str, float]:
+        counters = dict(self.counters)
+        self.counters = dict.fromkeys(self.counters, 0.0)
+        return counters
+
+    def _run(self, key: tuple[str, Any], items: list[Any]) -> list[Any]:
+        kind, arg = key
+        run_chunk = self._generate_chunk if kind == "generate" else self._score_chunk
+        # Similar lengths share a chunk, so little compute goes to padding; results keep input order.
+        order = sorted(range(len(items)), key=lambda i: _length(items[i]))
+        results: list[Any] = [None] * len(items)
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start:start + self.max_batch_size]
+            for i, result in zip(chunk, run_chunk([items[i] for i in chunk], arg)):
+                results[i] = result
+        return results
+
+    def _generate_chunk(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        began = time.perf_counter()
+        self.calls += 1
+        torch.manual_seed(self.seed * 1_000_003 + self.calls)  # reproducible for a given call order
+        width = max(map(len, prompt_ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            attention[i, width - len(ids):] = 1
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
+            if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=params.max_new_tokens,
+                                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                                      output_logits=True, return_dict_in_generate=True, **sampling)
+        new_B_N = out.sequences[:, width:]
+        logp_B_N = torch.stack([torch.log_softmax(step.float(), -1).gather(-1, new_B_N[:, t:t + 1]).squeeze(-1)
+                                for t, step in enumerate(out.logits)], dim=1)
+        completions = [self._completion(new_B_N[i].tolist(), logp_B_N[i].tolist()) for i in range(len(prompt_ids))]
+        self.counters["gen_tokens"] += sum(len(c.token_ids) for c in completions)
+        self.counters["gen_seconds"] += time.perf_counter() - began
+        return completions
+
+    def _completion(self, ids: list[int], logps: list[float]) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        end, reason = (ids.index(eos) + 1, "stop") if eos in ids else (len(ids), "length")
+        ids, logps = ids[:end], logps[:end]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(text=text.strip(), token_ids=tuple(ids), logprobs=tuple(logps), finish_reason=reason,
+                          policy_version=self.version)
+
+    def _score_chunk(self, requests: list[tuple[list[int], tuple[int, ...]]], top_k: int) -> list[TokenScores]:
+        import torch
+
+        began = time.perf_counter()
+        contexts, targets = zip(*requests)
+        with torch.no_grad():
+            logits_B_T_V, labels_B_T, mask_B_T = forward_targets(self.model, contexts, targets,
+                                                                 self.tokenizer.pad_token_id)
+            logp_B_T_V = torch.log_softmax(logits_B_T_V.float(), -1)
+            logp_B_T = logp_B_T_V.gather(-1, labels_B_T.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            top_logp_B_T_K, top_ids_B_T_K = logp_B_T_V.topk(top_k, dim=-1) if top_k else (None, None)
+        scores = []
+        for i, target in enumerate(targets):
+            span = slice(logp_B_T.shape[1] - len(target), logp_B_T.shape[1])
+            scores.append(TokenScores(
+                logprobs=tuple(logp_B_T[i, span].tolist()),
+                topk_ids=tuple(map(tuple, top_ids_B_T_K[i, span].tolist())) if top_k else (),
+                topk_logprobs=tuple(map(tuple, top_logp_B_T_K[i, span].tolist())) if top_k else ()))
+        self.counters["score_tokens"] += int(mask_B_T.sum())
+        self.counters["score_seconds"] += time.perf_counter() - began
+        return scores
+
+
+def _length(item: Any) -> int:
+    return len(item) if isinstance(item, list) else len(item[0]) + len(item[1])

@@ -1,0 +1,32 @@
+"""Canned replies, in turn, for tests and examples. It has no model, so it cannot score tokens."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from tutorloop.errors import UserError
+from tutorloop.types import Completion, Message, SamplingParams, TokenScores
+
+
+class ScriptedGenerator:
+    def __init__(self, replies: Sequence[str]) -> None:
+        self.replies, self.calls = tuple(replies), 0
+        self.version = 0
+
+    async def generate(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        out = []
+        for _ in range(len(prompts) * params.n):
+            out.append(Completion(text=self.replies[self.calls % len(self.replies)], token_ids=(), logprobs=(),
+                                  policy_version=self.version))
+            self.calls += 1
+        return out
+
+    async def score(self, prompts: Sequence[Sequence[Message]], target_ids: Sequence[Sequence[int]],
+                    top_k: int) -> list[TokenScores]:
+        raise UserError("a scripted generator cannot score tokens; use a model generator for OPD")
+
+    async def load_weights(self, named_tensors: Iterable[tuple[str, object]], version: int) -> None:
+        self.version = version
+
+    async def stats(self) -> dict[str, float]:
+        return {}

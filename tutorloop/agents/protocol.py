@@ -1,0 +1,39 @@
+"""Who talks: the Generator (messages in; text, tokens and log-probs out) and the Agent protocols.
+
+Every method that may cross a process boundary is `async`, so the same `await` works on an object
+in this process and on a Ray actor handle (issue: Ray runtime). Protocols, not base classes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+from tutorloop.types import Completion, Message, Problem, Role, SamplingParams, TokenScores, Turn
+
+
+@runtime_checkable
+class Generator(Protocol):
+    async def generate(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
+        """`params.n` completions per prompt, consecutively."""
+        ...
+
+    async def score(self, prompts: Sequence[Sequence[Message]], target_ids: Sequence[Sequence[int]],
+                    top_k: int) -> list[TokenScores]:
+        """Teacher-forced log-probs (and top-k) of each target span under its own context."""
+        ...
+
+    async def load_weights(self, named_tensors: Iterable[tuple[str, object]], version: int) -> None:
+        """Take new policy weights (LoRA: adapter tensors only); later samples carry `version`."""
+        ...
+
+    async def stats(self) -> dict[str, float]:
+        """Counters since the last call (tokens generated, seconds), then reset."""
+        ...
+
+
+@runtime_checkable
+class Agent(Protocol):
+    role: Role
+    trainable: bool
+
+    async def act(self, problem: Problem, history: Sequence[Turn]) -> Turn: ...

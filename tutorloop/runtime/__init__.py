@@ -1,0 +1,22 @@
+"""Where things run. `spawn` is the only way roles and the trainer are created, so placing them in
+Ray actors later changes this package and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+from tutorloop.config import RuntimeConfig
+
+T = TypeVar("T")
+
+
+class Runtime(Protocol):
+    def spawn(self, cls: type[T], /, *args: Any, resources: Any, **kwargs: Any) -> T: ...
+
+    def shutdown(self) -> None: ...
+
+
+def build_runtime(cfg: RuntimeConfig) -> Runtime:
+    from tutorloop.runtime.local import LocalRuntime
+
+    return LocalRuntime()

@@ -1,0 +1,16 @@
+"""LocalRuntime: every role in this process. `spawn` returns the object itself; its async methods
+run on the one event loop, and the generate and train phases alternate, so 2 cores are not shared."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LocalRuntime:
+    def spawn(self, cls: type[T], /, *args: Any, resources: Any = None, **kwargs: Any) -> T:
+        return cls(*args, **kwargs)
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,184 @@
+"""Online trainer: one optimizer step over a mixed SFT / DPO / OPD batch.
+
+Each objective is summed over its units (tokens for SFT and OPD, pairs for DPO) and divided by
+its own global unit count in the step before the config weight applies, so a weight of 0.5 means
+"half the gradient scale" whatever the batch composition, and splitting the same batch into more
+micro-batches leaves the gradient unchanged (TRL issue #4719 is the bug this avoids). A weight of
+0 skips that objective's forward pass. DPO's reference is the frozen initial student: with LoRA,
+the same model with adapters disabled; with full fine-tuning, a frozen copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, resolve_model
+from tutorloop.trainers import losses
+from tutorloop.trainers.batching import Encoded, chunks, encode_opd, encode_text, right_aligned
+from tutorloop.types import OPDExample, PreferencePair, SFTExample, TrainBatch
+
+
+class OnlineTrainer:
+    def __init__(self, model: str, *, weights: dict[str, float], lr: float, weight_decay: float = 0.0,
+                 lora: dict[str, Any] | None = None, dpo_beta: float = 0.1, opd_form: str = "jsd",
+                 opd_beta: float = 0.5, opd_temperature: float = 1.0, micro_batch_size: int = 8,
+                 max_grad_norm: float = 1.0, max_seq_len: int = 768, dtype: str = "float32", seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        path = resolve_model(model)
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_causal_lm(path, dtype)
+        self.reference: Any = None
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(**lora))
+        elif weights.get("dpo", 0) > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.lora = lora is not None
+        self.objective_weights = dict(weights)
+        self.dpo_beta, self.opd_form, self.opd_beta, self.opd_temperature = dpo_beta, opd_form, opd_beta, opd_temperature
+        self.micro_batch_size, self.max_grad_norm, self.max_seq_len = micro_batch_size, max_grad_norm, max_seq_len
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.version = 0
+        self.objectives: dict[str, Callable[[Sequence[Any], float], dict[str, float]]] = {
+            "sft": self._sft, "dpo": self._dpo, "opd": self._opd}
+
+    async def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step over everything in `batch`; returns metrics."""
+        began = time.perf_counter()
+        self.model.train()
+        metrics = self.accumulate(batch)
+        if not any(k.endswith("/units") for k in metrics):
+            return metrics | {"train/skipped_empty": 1.0}
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.version += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - began
+        tokens = sum(v for k, v in metrics.items() if k.endswith("/tokens"))
+        return metrics | {"train/grad_norm": grad_norm, "train/nonfinite_skipped": float(not math.isfinite(grad_norm)),
+                          "train/seconds": seconds, "train/tokens_per_s": tokens / max(seconds, 1e-9),
+                          "policy_version": float(self.version)}
+
+    def accumulate(self, batch: TrainBatch) -> dict[str, float]:
+        """Forward and backward every objective with a positive weight; gradients stay in `.grad`."""
+        metrics: dict[str, float] = {}
+        for name, run in self.objectives.items():
+            examples = getattr(batch, name)
+            if self.objective_weights.get(name, 0.0) > 0 and examples:
+                metrics |= run(examples, self.objective_weights[name])
+        return metrics
+
+    def _sft(self, examples: Sequence[SFTExample], weight: float) -> dict[str, float]:
+        encoded = [encode_text(self.tokenizer, e.prompt, e.completion, self.max_seq_len) for e in examples]
+        units = sum(len(target) for _, target in encoded)
+        total = 0.0
+        for chunk in chunks(encoded, self.micro_batch_size):
+            logits, labels, mask = self._forward(chunk)
+            loss_sum = losses.sft_nll_sum(losses.token_logprobs(logits, labels), mask)
+            (weight * loss_sum / units).backward()
+            total += float(loss_sum.detach())
+        return {"loss/sft": total / units, "sft/units": units, "sft/tokens": units, "sft/examples": len(examples)}
+
+    def _dpo(self, pairs: Sequence[PreferencePair], weight: float) -> dict[str, float]:
+        encoded = [(encode_text(self.tokenizer, p.prompt, p.chosen, self.max_seq_len),
+                    encode_text(self.tokenizer, p.prompt, p.rejected, self.max_seq_len)) for p in pairs]
+        units = len(encoded)
+        sums = dict.fromkeys(("loss", "margin", "accuracy", "chosen_logp", "rejected_logp"), 0.0)
+        for chunk in chunks(encoded, max(1, self.micro_batch_size // 2)):
+            rows = [c for c, _ in chunk] + [r for _, r in chunk]  # chosen then rejected, one forward
+            policy_B = self._sequence_logps(rows)
+            with torch.no_grad(), self._reference() as reference:
+                ref_B = self._sequence_logps(rows, reference)
+            n = len(chunk)
+            loss_B = losses.dpo_loss(policy_B[:n], policy_B[n:], ref_B[:n], ref_B[n:], beta=self.dpo_beta)
+            (weight * loss_B.sum() / units).backward()
+            policy_B = policy_B.detach()
+            chosen_B, rejected_B = losses.dpo_rewards(policy_B[:n], policy_B[n:], ref_B[:n], ref_B[n:],
+                                                      beta=self.dpo_beta)
+            sums["loss"] += float(loss_B.detach().sum())
+            sums["margin"] += float((chosen_B - rejected_B).sum())
+            sums["accuracy"] += float((chosen_B > rejected_B).float().sum())
+            sums["chosen_logp"] += float(policy_B[:n].sum())
+            sums["rejected_logp"] += float(policy_B[n:].sum())
+        tokens = sum(len(c[1]) + len(r[1]) for c, r in encoded)
+        return {"loss/dpo": sums.pop("loss") / units, **{f"dpo/{k}": v / units for k, v in sums.items()},
+                "dpo/units": units, "dpo/tokens": tokens}
+
+    def _opd(self, examples: Sequence[OPDExample], weight: float) -> dict[str, float]:
+        encoded = [encode_opd(self.tokenizer, e, self.max_seq_len) for e in examples]
+        units = sum(len(target) for _, target in encoded)
+        loss_total = kl_total = 0.0
+        for chunk_idx in chunks(list(range(len(examples))), self.micro_batch_size):
+            chunk = [encoded[i] for i in chunk_idx]
+            logits, labels, mask = self._forward(chunk)
+            teacher = _teacher_tensors([examples[i] for i in chunk_idx], [len(t) for _, t in chunk],
+                                       labels.shape[1], logits.device)
+            student_logp = losses.token_logprobs(logits, labels)
+            if self.opd_form == "pg":
+                loss_sum, _ = losses.opd_pg_sum(student_logp, teacher["behavior"], teacher["logp"], mask)
+            else:
+                loss_sum = losses.opd_jsd_sum(logits, teacher["topk_ids"], teacher["topk_logp"], mask,
+                                              beta=self.opd_beta, temperature=self.opd_temperature)
+            (weight * loss_sum / units).backward()
+            loss_total += float(loss_sum.detach())
+            # k1 estimate of KL(student || teacher) on the student's own samples, for logging.
+            kl_total += float(((student_logp.detach() - teacher["logp"]) * mask).sum())
+        return {"loss/opd": loss_total / units, "kl/teacher_student": kl_total / units, "opd/units": units,
+                "opd/tokens": units, "opd/examples": len(examples)}
+
+    def _forward(self, chunk: Sequence[Encoded], model: Any = None) -> tuple[torch.Tensor, ...]:
+        contexts, targets = zip(*chunk)
+        return forward_targets(model or self.model, contexts, targets, self.tokenizer.pad_token_id)
+
+    def _sequence_logps(self, rows: Sequence[Encoded], model: Any = None) -> torch.Tensor:
+        logits, labels, mask = self._forward(rows, model)
+        return losses.sequence_logps(losses.token_logprobs(logits, labels), mask)
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The frozen initial student: adapters disabled (LoRA) or the frozen copy (full)."""
+        if self.lora:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.reference
+
+    async def weights(self) -> tuple[int, list[tuple[str, torch.Tensor]]]:
+        """(version, tensors) for the student's generator: the adapter only with LoRA."""
+        if self.lora:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.model)
+        else:
+            state = self.model.state_dict()
+        return self.version, [(name, tensor.detach()) for name, tensor in state.items()]
+
+    async def save(self, path: str) -> None:
+        """HF / peft format: safetensors weights (or the adapter) plus the tokenizer."""
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+
+
+def _teacher_tensors(examples: Sequence[OPDExample], lengths: Sequence[int], width: int,
+                     device: torch.device) -> dict[str, torch.Tensor]:
+    """The teacher's scores as right-aligned [B, T] / [B, T, K] tensors, cut like the targets."""
+    k = max((len(e.teacher.topk_ids[0]) for e in examples if e.teacher.topk_ids), default=1)
+    logp = [list(e.teacher.logprobs[:n]) for e, n in zip(examples, lengths)]
+    behavior = [list(e.behavior_logprobs[:n]) for e, n in zip(examples, lengths)]
+    ids = [[list(row) for row in e.teacher.topk_ids[:n]] for e, n in zip(examples, lengths)]
+    top = [[list(row) for row in e.teacher.topk_logprobs[:n]] for e, n in zip(examples, lengths)]
+
+    def tensor(rows: list, fill: Any, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(right_aligned(rows, width, fill), dtype=dtype, device=device)
+
+    return {"logp": tensor(logp, 0.0, torch.float32), "behavior": tensor(behavior, 0.0, torch.float32),
+            "topk_ids": tensor(ids, [0] * k, torch.long), "topk_logp": tensor(top, [0.0] * k, torch.float32)}

@@ -1,0 +1,20 @@
+"""How lessons change weights: the Trainer protocol."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from tutorloop.types import TrainBatch
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    async def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step; returns metrics."""
+        ...
+
+    async def weights(self) -> tuple[int, list[tuple[str, Any]]]:
+        """(version, tensors) for the student's generator; LoRA: adapter only."""
+        ...
+
+    async def save(self, path: str) -> None: ...

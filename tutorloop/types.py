@@ -1,0 +1,133 @@
+"""The nouns that cross boundaries: problems, turns, episodes and the lessons made from them.
+
+Every record is frozen and slotted; changing one means building a new one with
+`dataclasses.replace`. Tuples rather than lists keep them hashable and safe to share between
+coroutines (and, later, Ray actors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+Role = Literal["student", "teacher", "mentor"]
+ROLES: tuple[Role, ...] = ("student", "teacher", "mentor")
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+Messages = tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    id: str
+    prompt: str
+    answer: str | None = None
+    """Gold final answer. Graders and the teacher read it; the student never sees it."""
+    solution: str | None = None
+    """Step-by-step reference solution (privileged context for the teacher)."""
+    difficulty: int = 0
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    n: int = 1
+    """Samples per prompt; a generator returns them consecutively."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    """Log-prob of each sampled token under the generating policy at temperature 1 (raw logits,
+    as vLLM's default `raw_logprobs`), so it is comparable with teacher scores."""
+    finish_reason: str = "stop"  # "stop" | "length"
+    policy_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenScores:
+    """Teacher-forced scores of a target span under some context, aligned to the span's ids."""
+
+    logprobs: tuple[float, ...]
+    """log p(target_t | context, target_<t) for each target token."""
+    topk_ids: tuple[tuple[int, ...], ...] = ()
+    """Per target position, the scorer's top-k token ids (empty when top_k = 0)."""
+    topk_logprobs: tuple[tuple[float, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Role
+    text: str
+    prompt: Messages
+    """Exactly what the agent saw, so any turn can be replayed as training data."""
+    kind: str = "attempt"  # attempt | correction | feedback | revision
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    policy_version: int = 0
+    """Student weights that produced this turn; the trainer drops on-policy lessons that are stale."""
+    correct: bool | None = None
+    """The verifier's verdict on this turn's final answer (None: not graded)."""
+    answer: str | None = None
+    """The final answer the verifier extracted, if any."""
+    provenance: str = "model"
+    """Who wrote the text: "model", or "reference" when the reference solution stood in."""
+    teacher_scores: TokenScores | None = None
+    """The teacher's scores of this turn's tokens under its privileged context (OPD)."""
+
+
+class StopReason(StrEnum):
+    SOLVED = "solved"
+    MAX_ROUNDS = "max_rounds"
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    problem: Problem
+    turns: tuple[Turn, ...]
+    rewards: dict[str, float] = field(default_factory=dict)
+    stop: StopReason = StopReason.MAX_ROUNDS
+
+
+@dataclass(frozen=True, slots=True)
+class SFTExample:
+    prompt: Messages
+    completion: str
+    weight: float = 1.0
+    provenance: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencePair:
+    prompt: Messages
+    chosen: str
+    rejected: str
+    provenance: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OPDExample:
+    prompt: Messages
+    """What the student saw."""
+    completion_ids: tuple[int, ...]
+    """What the student sampled (on-policy)."""
+    behavior_logprobs: tuple[float, ...]
+    """Sampled-token log-probs under the policy that generated them (for the PG form)."""
+    teacher: TokenScores
+    """Teacher log-probs and top-k for each completion token, under the teacher's context."""
+    policy_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TrainBatch:
+    sft: tuple[SFTExample, ...] = ()
+    dpo: tuple[PreferencePair, ...] = ()
+    opd: tuple[OPDExample, ...] = ()
+
+    def counts(self) -> dict[str, int]:
+        return {"sft": len(self.sft), "dpo": len(self.dpo), "opd": len(self.opd)}
