@@ -39,5 +39,5 @@ def redact_number(text: str, number: str) -> str:
     """Replace whole-number occurrences of `number` (with or without thousands commas) by '…'."""
     digits = number.lstrip("-")
     grouped = f"{int(float(digits)):,}" if digits.replace(".", "", 1).isdigit() and "." not in digits else digits
-    pattern = rf"(?<![\d.,]){'|'.join(map(re.escape, {digits, grouped}))}(?![\d]|[.,]\d)"
+    pattern = rf"(?<![\d.,])(?:{'|'.join(map(re.escape, {digits, grouped}))})(?![\d]|[.,]\d)"
     return re.sub(pattern, "…", text)

@@ -162,6 +162,7 @@ class HFGenerator:
                                                                  self.tokenizer.pad_token_id)
             logp_B_T_V = torch.log_softmax(logits_B_T_V.float(), -1)
             logp_B_T = logp_B_T_V.gather(-1, labels_B_T.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            top_k = min(top_k, logp_B_T_V.shape[-1])
             top_logp_B_T_K, top_ids_B_T_K = logp_B_T_V.topk(top_k, dim=-1) if top_k else (None, None)
         scores = []
         for i, target in enumerate(targets):

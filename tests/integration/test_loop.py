@@ -1,0 +1,91 @@
+"""The real entry point on tiny random models: rounds run, the student changes, the teacher does
+not, and the run dir holds what the README promises."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from tutorloop import loop
+from tutorloop.config import validate_config
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_config(tmp_path, student, teacher, **sections):
+    raw = {
+        "name": "tiny", "run_dir": str(tmp_path / "run"),
+        "agents": {"student": {"model": str(student), "sampling": {"max_new_tokens": 12}},
+                   "teacher": {"model": str(teacher), "num_candidates": 2, "sampling": {"max_new_tokens": 12}},
+                   "mentor": {"model": str(teacher), "sampling": {"max_new_tokens": 8}}},
+        "tasks": {"num_train": 24, "num_eval": 4},
+        "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                    "opd": {"top_k": 8}},
+        "loop": {"rounds": 3, "problems_per_round": 4},
+        "eval": {"max_new_tokens": 8},
+        "log": {"console": False, "wandb": {"mode": "disabled"}},
+    }
+    for key, value in sections.items():
+        raw[key] = raw.get(key, {}) | value
+    return validate_config(raw)
+
+
+def _capture_generators(monkeypatch):
+    captured = {}
+    real = loop.build_generators
+
+    def spy(*args, **kwargs):
+        captured.update(real(*args, **kwargs))
+        return captured
+
+    monkeypatch.setattr(loop, "build_generators", spy)
+    return captured
+
+
+def test_three_rounds_change_the_student_and_not_the_teacher(tmp_path, tiny_lm_dir, tiny_teacher_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    generators = _capture_generators(monkeypatch)
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir)
+    summary = asyncio.run(loop.run(cfg))
+
+    run_dir = tmp_path / "run"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["policy_version"] == r["round"] + 1 for r in rows)
+    assert {"loss/sft", "loss/dpo", "loss/opd", "kl/teacher_student", "episodes/first_try_acc"} <= rows[0].keys()
+    episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 12
+    student_turns = [t for e in episodes for t in e["turns"] if t["role"] == "student"]
+    assert {t["policy_version"] for t in student_turns} == {0, 1, 2}  # each round sampled the newest weights
+    assert all(t["token_ids"] and len(t["token_ids"]) == len(t["logprobs"]) for t in student_turns)
+    assert set(summary) == {"eval/accuracy_before", "eval/accuracy_after"}
+
+    adapter = load_file(run_dir / "student" / "adapter_model.safetensors")
+    assert any(name.endswith("lora_B.weight") and v.abs().sum() > 0 for name, v in adapter.items())  # B starts at 0
+    synced = {k.replace(".default", ""): v for k, v in generators["student"].model.state_dict().items() if "lora_" in k}
+    assert synced.keys() == adapter.keys()  # the generator samples from exactly the saved adapter
+    assert all(torch.equal(synced[k], v) for k, v in adapter.items())
+    teacher_on_disk = load_file(tiny_teacher_dir / "model.safetensors")
+    teacher_now = generators["teacher"].model.state_dict()
+    assert generators["teacher"] is generators["mentor"]  # same settings: one copy of the weights
+    assert all(torch.equal(teacher_now[k], v) for k, v in teacher_on_disk.items())
+
+
+def test_full_finetuning_single_objective_run(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 1, "problems_per_round": 2},
+                      eval={"before": False, "after": False})
+    raw = cfg.model_dump(mode="json")
+    raw["trainer"] |= {"lora": None, "weights": {"sft": 1.0, "dpo": 0.0, "opd": 0.0}}
+    asyncio.run(loop.run(validate_config(raw)))
+    saved = tmp_path / "run" / "student"
+    assert (saved / "model.safetensors").exists() and (saved / "config.json").exists()
+
+
+def test_wandb_offline_run_has_metrics_and_transcripts(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 1, "problems_per_round": 2},
+                      eval={"before": False, "after": False}, log={"wandb": {"mode": "offline"}})
+    asyncio.run(loop.run(cfg))
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))

@@ -1,0 +1,121 @@
+"""OnlineTrainer on tiny random models: objectives by weight, accumulation invariance, OPD = 0 for
+identical student and teacher, LoRA and full fine-tuning."""
+
+import asyncio
+
+import pytest
+import torch
+
+from tutorloop.agents.generators.hf import HFGenerator
+from tutorloop.trainers.online import OnlineTrainer
+from tutorloop.types import OPDExample, PreferencePair, SamplingParams, SFTExample, TrainBatch
+
+pytestmark = pytest.mark.integration
+
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+PROMPT = ({"role": "user", "content": "What is 2 + 3?"},)
+PROMPTS = [PROMPT, ({"role": "user", "content": "Sum 10 and 5, please."},), ({"role": "user", "content": "7?"},)]
+
+
+def _opd_examples(model_dir, teacher_dir=None, top_k=8):
+    """Student samples scored by `teacher_dir` (default: the student itself)."""
+    gen = HFGenerator(str(model_dir), seed=3)
+    outs = asyncio.run(gen.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=10)))
+    scorer = HFGenerator(str(teacher_dir)) if teacher_dir else gen
+    scores = asyncio.run(scorer.score(PROMPTS, [o.token_ids for o in outs], top_k=top_k))
+    return tuple(OPDExample(prompt=p, completion_ids=o.token_ids, behavior_logprobs=o.logprobs, teacher=s)
+                 for p, o, s in zip(PROMPTS, outs, scores))
+
+
+def _batch(model_dir, teacher_dir):
+    return TrainBatch(
+        sft=(SFTExample(PROMPT, "2 + 3 = 5. The answer is 5."), SFTExample(PROMPTS[1], "The answer is 15.")),
+        dpo=(PreferencePair(PROMPT, "The answer is 5.", "The answer is 6."),
+             PreferencePair(PROMPTS[2], "The answer is 7.", "It is 8.")),
+        opd=_opd_examples(model_dir, teacher_dir))
+
+
+def _trainer(model_dir, weights, **kw):
+    kw.setdefault("lora", LORA)
+    return OnlineTrainer(str(model_dir), weights=weights, lr=1e-2, **kw)
+
+
+@pytest.mark.parametrize("form", ["jsd", "pg"])
+def test_opd_loss_is_zero_when_student_is_teacher(tiny_lm_dir, form):
+    trainer = _trainer(tiny_lm_dir, {"sft": 0, "dpo": 0, "opd": 1}, opd_form=form)
+    metrics = trainer.accumulate(TrainBatch(opd=_opd_examples(tiny_lm_dir, top_k=1000)))
+    assert abs(metrics["loss/opd"]) < 1e-4
+    assert abs(metrics["kl/teacher_student"]) < 1e-4
+
+
+@pytest.mark.parametrize("form", ["jsd", "pg"])
+def test_opd_gradient_is_nonzero_against_another_teacher(tiny_lm_dir, tiny_teacher_dir, form):
+    batch = TrainBatch(opd=_opd_examples(tiny_lm_dir, tiny_teacher_dir))
+    trainer = _trainer(tiny_lm_dir, {"sft": 0, "dpo": 0, "opd": 1}, opd_form=form)
+    metrics = trainer.accumulate(batch)
+    assert abs(metrics["kl/teacher_student"]) > 1e-3
+    assert any(float(p.grad.abs().sum()) > 0 for p in trainer.model.parameters() if p.grad is not None)
+
+
+def test_zero_weight_skips_the_forward_pass(tiny_lm_dir, tiny_teacher_dir):
+    batch = _batch(tiny_lm_dir, tiny_teacher_dir)
+    trainer = _trainer(tiny_lm_dir, {"sft": 1, "dpo": 0, "opd": 0}, micro_batch_size=8)
+    calls = []
+    trainer.model.get_base_model().register_forward_hook(lambda *a: calls.append(1))
+    metrics = trainer.accumulate(batch)
+    assert len(calls) == 1  # the two SFT examples in one micro-batch; no DPO, no OPD forward
+    assert "loss/sft" in metrics and "loss/dpo" not in metrics and "loss/opd" not in metrics
+
+
+@pytest.mark.parametrize("weights", [{"sft": 1, "dpo": 0, "opd": 0}, {"sft": 0, "dpo": 1, "opd": 0},
+                                     {"sft": 0, "dpo": 0, "opd": 1}])
+def test_any_single_objective_trains(tiny_lm_dir, tiny_teacher_dir, weights):
+    trainer = _trainer(tiny_lm_dir, weights)
+    before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    metrics = asyncio.run(trainer.step(_batch(tiny_lm_dir, tiny_teacher_dir)))
+    assert metrics["policy_version"] == 1.0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.named_parameters() if v.requires_grad)
+
+
+def _grads(trainer, batch):
+    trainer.accumulate(batch)
+    return {k: v.grad.clone() for k, v in trainer.model.named_parameters() if v.grad is not None}
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_gradient_unchanged_by_more_accumulation_steps(tiny_lm_dir, tiny_teacher_dir, lora):
+    """Each objective is divided by its global unit count, so micro-batch size must not matter."""
+    batch = _batch(tiny_lm_dir, tiny_teacher_dir)
+    weights = {"sft": 1.0, "dpo": 0.5, "opd": 1.0}
+    one = _grads(_trainer(tiny_lm_dir, weights, lora=lora, micro_batch_size=8, seed=0), batch)
+    many = _grads(_trainer(tiny_lm_dir, weights, lora=lora, micro_batch_size=1, seed=0), batch)
+    assert one.keys() == many.keys() and one
+    for name in one:
+        torch.testing.assert_close(many[name], one[name], atol=1e-5, rtol=1e-4)
+
+
+def test_full_finetuning_reference_stays_frozen(tiny_lm_dir, tiny_teacher_dir):
+    trainer = _trainer(tiny_lm_dir, {"sft": 0, "dpo": 1, "opd": 0}, lora=None)
+    ref_before = {k: v.clone() for k, v in trainer.reference.state_dict().items()}
+    asyncio.run(trainer.step(_batch(tiny_lm_dir, tiny_teacher_dir)))
+    assert all(torch.equal(ref_before[k], v) for k, v in trainer.reference.state_dict().items())
+    version, tensors = asyncio.run(trainer.weights())
+    assert version == 1 and len(tensors) == len(trainer.model.state_dict())
+
+
+def test_lora_sync_sends_only_adapter_tensors_and_generator_follows(tiny_lm_dir, tiny_teacher_dir):
+    trainer = _trainer(tiny_lm_dir, {"sft": 1, "dpo": 0, "opd": 0})
+    asyncio.run(trainer.step(_batch(tiny_lm_dir, tiny_teacher_dir)))
+    version, tensors = asyncio.run(trainer.weights())
+    assert tensors and all("lora_" in name for name, _ in tensors)
+    gen = HFGenerator(str(tiny_lm_dir), lora=LORA)
+    asyncio.run(gen.load_weights(tensors, version))
+    from tutorloop.models import forward_targets
+    from tutorloop.trainers.batching import encode_text
+
+    ctx, tgt = encode_text(trainer.tokenizer, PROMPT, "The answer is 5.", 64)
+    trainer.model.eval()
+    with torch.no_grad():
+        a = forward_targets(trainer.model, [ctx], [tgt], trainer.tokenizer.pad_token_id)[0]
+        b = forward_targets(gen.model, [ctx], [tgt], gen.tokenizer.pad_token_id)[0]
+    torch.testing.assert_close(a, b)

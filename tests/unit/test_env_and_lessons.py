@@ -1,0 +1,118 @@
+"""The tutoring env's control flow with scripted agents, and Episode → lessons. No model needed."""
+
+import asyncio
+
+from tutorloop.agents.generators.scripted import ScriptedGenerator
+from tutorloop.agents.mentor import MentorAgent, redact_number
+from tutorloop.agents.student import StudentAgent
+from tutorloop.agents.teacher import TeacherAgent
+from tutorloop.envs.graders import contains_number, verify
+from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.envs.tutoring import TutoringEnv
+from tutorloop.types import Problem, SamplingParams, StopReason, TokenScores
+
+PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?", answer="29",
+                  solution="6 + 23 = 29.\nThe answer is 29.")
+PARAMS = SamplingParams()
+
+
+def _agents(student, teacher, mentor, k=1):
+    return {"student": StudentAgent(ScriptedGenerator(student), PARAMS),
+            "teacher": TeacherAgent(ScriptedGenerator(teacher), PARAMS, num_candidates=k, verify=verify),
+            "mentor": MentorAgent(ScriptedGenerator(mentor), PARAMS, contains_answer=contains_number)}
+
+
+def _run(agents, max_rounds=1):
+    return asyncio.run(TutoringEnv(verify, max_rounds=max_rounds).run(PROBLEM, agents))
+
+
+def test_wrong_attempt_gets_correction_feedback_and_revision():
+    agents = _agents(["6 + 23 = 11. The answer is 11.", "6 + 23 = 29. The answer is 29."],
+                     ["Mistake: 6 + 23 is not 11.\nSolution: 6 + 23 = 29. The answer is 29."],
+                     ["Check your addition of 6 and 23."])
+    episode = _run(agents)
+    assert [t.role for t in episode.turns] == ["student", "teacher", "mentor", "student"]
+    assert [t.kind for t in episode.turns] == ["attempt", "correction", "feedback", "revision"]
+    assert episode.stop is StopReason.SOLVED
+    assert episode.rewards["first_try"] == 0.0 and episode.rewards["final"] == 1.0
+    assert episode.rewards["corrections_accepted"] == 1.0
+    revision_prompt = episode.turns[3].prompt
+    assert "Check your addition" in revision_prompt[-1]["content"]
+    assert revision_prompt[-2] == {"role": "assistant", "content": "6 + 23 = 11. The answer is 11."}
+
+
+def test_right_first_try_ends_at_once():
+    episode = _run(_agents(["The answer is 29."], ["x"], ["y"]))
+    assert len(episode.turns) == 1 and episode.stop is StopReason.SOLVED
+
+
+def test_teacher_keeps_the_first_verified_candidate():
+    agents = _agents(["The answer is 11."], ["Mistake: a\nSolution: The answer is 12.",
+                                             "Mistake: b\nSolution: 6 + 23 = 29. The answer is 29."], ["hint"], k=2)
+    episode = _run(agents)
+    correction = episode.turns[1]
+    assert correction.correct and correction.provenance == "model" and "Mistake: b" in correction.text
+
+
+def test_reference_solution_stands_in_when_no_candidate_verifies():
+    agents = _agents(["The answer is 11."], ["Mistake: you added wrong\nSolution: The answer is 30."], ["hint"])
+    correction = _run(agents).turns[1]
+    assert correction.provenance == "reference" and correction.correct
+    assert PROBLEM.solution in correction.text and "you added wrong" in correction.text
+
+
+def test_mentor_never_passes_the_answer_on():
+    agents = _agents(["The answer is 11.", "The answer is 11."], ["Solution: The answer is 29."],
+                     ["The answer is 29, so fix 6 + 23."])
+    episode = _run(agents)
+    feedback = episode.turns[2]
+    assert "29" not in feedback.text and feedback.provenance == "redacted" and episode.rewards["hint_leaks"] == 1.0
+    assert redact_number("It is 1,200 or 1200 but not 12000.", "1200") == "It is … or … but not 12000."
+
+
+def test_unverified_text_never_becomes_a_target():
+    wrong_everything = _agents(["The answer is 11.", "The answer is 12."], ["Solution: The answer is 30."],
+                               ["hint"])
+    problem_without_reference = Problem(id="p2", prompt=PROBLEM.prompt, answer="29")
+    episode = asyncio.run(TutoringEnv(verify, max_rounds=1).run(problem_without_reference, wrong_everything))
+    batch = to_train_batch([episode], verify, objectives={"sft", "dpo", "opd"})
+    assert batch.sft == () and batch.dpo == ()
+
+
+def test_lessons_from_a_corrected_episode():
+    agents = _agents(["6 + 23 = 11. The answer is 11.", "6 + 23 = 29. The answer is 29."],
+                     ["Mistake: bad sum\nSolution: 6 + 23 = 29. The answer is 29."], ["Check the sum."])
+    episode = _run(agents)
+    batch = to_train_batch([episode], verify, objectives={"sft", "dpo"})
+    attempt_prompt = episode.turns[0].prompt
+    assert [e.completion for e in batch.sft] == ["6 + 23 = 29. The answer is 29."] * 2
+    assert {e.provenance for e in batch.sft} == {"teacher:model", "revision"}
+    assert all(e.prompt == attempt_prompt for e in batch.sft)  # trained under the bare problem prompt
+    (pair,) = batch.dpo
+    assert pair.chosen == "6 + 23 = 29. The answer is 29." and pair.rejected == "6 + 23 = 11. The answer is 11."
+    assert batch.opd == ()
+    only_sft = to_train_batch([episode], verify, objectives={"sft"})
+    assert only_sft.dpo == ()
+
+
+def test_opd_lessons_carry_tokens_scores_and_version():
+    from dataclasses import replace
+
+    from tutorloop.types import Episode
+
+    agents = _agents(["The answer is 29."], ["x"], ["y"])
+    episode = _run(agents)
+    scored = replace(episode.turns[0], token_ids=(5, 6), logprobs=(-1.0, -2.0), policy_version=4,
+                     teacher_scores=TokenScores(logprobs=(-0.5, -0.7)))
+    batch = to_train_batch([Episode(PROBLEM, (scored,))], verify, objectives={"opd"})
+    (example,) = batch.opd
+    assert example.completion_ids == (5, 6) and example.policy_version == 4
+    assert example.teacher.logprobs == (-0.5, -0.7) and example.behavior_logprobs == (-1.0, -2.0)
+
+
+def test_agents_satisfy_the_protocol():
+    from tutorloop.agents.protocol import Agent, Generator
+
+    agents = _agents(["a"], ["b"], ["c"])
+    assert all(isinstance(a, Agent) for a in agents.values())
+    assert isinstance(ScriptedGenerator(["a"]), Generator)
