@@ -44,14 +44,15 @@ async def run(cfg: RunConfig) -> dict[str, float]:
         began = time.perf_counter()
         problems_P = tasks.sample(cfg.loop.problems_per_round, r)
         episodes_P = await asyncio.gather(*(env.run(p, agents) for p in problems_P))
+        episode_seconds = time.perf_counter() - began
         buffer.add(to_train_batch(episodes_P, verify, objectives=objectives), version)
         batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
                             max_per_kind=cfg.loop.max_lessons_per_step)
         metrics = await trainer.step(batch)
         version = await sync_weights(trainer, generators["student"])  # next round samples the new policy
         metrics |= await generation_metrics(generators) | {"buffer/dropped_stale": float(buffer.dropped_stale)}
-        log.write(r, episode_metrics(episodes_P) | metrics | {"round/seconds": time.perf_counter() - began},
-                  episodes_P)
+        timing = {"round/seconds": time.perf_counter() - began, "round/episode_seconds": episode_seconds}
+        log.write(r, episode_metrics(episodes_P) | metrics | timing, episodes_P)
     if cfg.eval.after:
         summary |= await evaluate(generators["student"], tasks, cfg, "after", log)
     await trainer.save(str(run_dir / "student"))

@@ -36,6 +36,8 @@ class SamplingParams:
     max_new_tokens: int = 128
     n: int = 1
     """Samples per prompt; a generator returns them consecutively."""
+    stop_regex: str | None = None
+    """Stop a sequence once its text matches this pattern (e.g. after the final-answer line)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from tutorloop.agents.protocol import Agent, Generator
 from tutorloop.agents.student import StudentAgent
 from tutorloop.agents.teacher import TeacherAgent
 from tutorloop.config import AgentConfig, RunConfig
-from tutorloop.envs.graders import contains_number, verify
+from tutorloop.envs.graders import ANSWER_STOP, contains_number, verify
 from tutorloop.types import Role, SamplingParams
 
 
@@ -41,16 +41,17 @@ def spawn_generator(runtime: Any, spec: AgentConfig, seed: int, *, lora: dict[st
 
 def build_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role, Agent]:
     return {
-        "student": StudentAgent(generators["student"], sampling(cfg.agents["student"])),
-        "teacher": TeacherAgent(generators["teacher"], sampling(cfg.agents["teacher"]),
+        "student": StudentAgent(generators["student"], sampling(cfg.agents["student"], stop=ANSWER_STOP)),
+        "teacher": TeacherAgent(generators["teacher"], sampling(cfg.agents["teacher"], stop=ANSWER_STOP),
                                 num_candidates=cfg.agents["teacher"].num_candidates, verify=verify),
         "mentor": MentorAgent(generators["mentor"], sampling(cfg.agents["mentor"]), contains_answer=contains_number),
     }
 
 
-def sampling(spec: AgentConfig) -> SamplingParams:
+def sampling(spec: AgentConfig, stop: str | None = None) -> SamplingParams:
+    """Students and teachers stop after their final-answer line; the mentor must not state one."""
     s = spec.sampling
-    return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, stop_regex=stop)
 
 
 __all__ = ["Agent", "Generator", "MentorAgent", "StudentAgent", "TeacherAgent", "build_agents", "build_generators"]

@@ -12,25 +12,20 @@ import re
 
 from tutorloop.types import Messages, Problem
 
-STUDENT_SYSTEM = ("You are a careful student. Solve the math problem step by step, one short line per step. "
-                  "Finish with a line of the form 'The answer is N.'")
+STUDENT_SYSTEM = "Solve the problem step by step. End with 'The answer is N.'"
 
-TEACHER_SYSTEM = ("You are a math teacher. You know the reference solution below. A student tried the problem "
-                  "and made a mistake.\n\nReference solution:\n{solution}")
+TEACHER_SYSTEM = "You are a math teacher. Reference solution:\n{solution}"
 
 TEACHER_ASK = ("Problem: {problem}\n\nStudent's attempt:\n{attempt}\n\n"
-               "First write 'Mistake:' and name the student's first mistake in one sentence. "
-               "Then write 'Solution:' and solve the problem correctly, step by step, "
-               "ending with 'The answer is N.'")
+               "Write 'Mistake:' and the student's first mistake in one sentence. Then write 'Solution:' "
+               "and the correct solution, step by step, ending with 'The answer is N.'")
 
-PRIVILEGED_SYSTEM = STUDENT_SYSTEM + "\n\nA correct reference solution (for you only):\n{solution}"
+PRIVILEGED_SYSTEM = STUDENT_SYSTEM + "\nReference solution (for you only):\n{solution}"
 
-MENTOR_SYSTEM = ("You are a kind tutor. You help a student find their own mistake. "
-                 "Never state the final answer or the corrected numbers.")
+MENTOR_SYSTEM = "You are a tutor. Help the student find their mistake. Never state the answer."
 
 MENTOR_ASK = ("Problem: {problem}\n\nStudent's attempt:\n{attempt}\n\nWhat went wrong: {diagnosis}\n\n"
-              "Write one or two sentences of feedback that point the student to the mistake "
-              "without giving the answer.")
+              "In one or two sentences, point the student to the mistake without giving the answer.")
 
 REVISE_ASK = ("Feedback from your tutor: {feedback}\n\nTry again: solve the problem step by step and "
               "finish with 'The answer is N.'")

@@ -9,6 +9,7 @@ training target.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 from tutorloop.agents import prompts
@@ -30,8 +31,7 @@ class TeacherAgent:
     async def act(self, problem: Problem, history: Sequence[Turn]) -> Turn:
         attempt = next(t for t in reversed(history) if t.role == "student")
         prompt = prompts.teacher_correction(problem, attempt.text)
-        params = SamplingParams(self.params.temperature, self.params.top_p, self.params.max_new_tokens,
-                                n=self.num_candidates)
+        params = dataclasses.replace(self.params, n=self.num_candidates)
         candidates = await self.generator.generate([prompt], params)
         return self._pick(problem, prompt, candidates)
 

@@ -36,6 +36,12 @@ _LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
 _LATEX_NOISE = re.compile(r"\\[()\[\]]|\\[,!;: ]|\\\$|\$|\*\*|\\left|\\right")
 
 
+# The end of a final-answer statement: "answer is 60." followed by whitespace, or a newline after
+# the number (a bare "60." could still become "60.5"). Generation stops there; small models
+# otherwise ramble on for the rest of their token budget.
+ANSWER_STOP = r"(?i)answer is:?\s*\$?\s*-?[\d,]*\d(?:\.\d+)?(?:\s*[a-z%]+)*\s*(?:\.\s|\n)"
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     correct: bool

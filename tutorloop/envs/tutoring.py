@@ -39,7 +39,7 @@ class TutoringEnv:
         turn = await agents["student"].act(problem, history)
         verdict = self.verify(problem, turn.text)
         turn = replace(turn, correct=verdict.correct, answer=verdict.answer)
-        if self.score_top_k and turn.token_ids:
+        if self.score_top_k and turn.token_ids and turn.kind == "attempt":
             turn = replace(turn, teacher_scores=await agents["teacher"].score(problem, turn, self.score_top_k))
         return turn
 

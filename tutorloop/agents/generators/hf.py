@@ -132,6 +132,8 @@ class HFGenerator:
             attention[i, width - len(ids):] = 1
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
             if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if params.stop_regex:
+            sampling["stopping_criteria"] = [RegexStop(self.tokenizer, params.stop_regex, width)]
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=params.max_new_tokens,
                                       pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
@@ -145,8 +147,14 @@ class HFGenerator:
         return completions
 
     def _completion(self, ids: list[int], logps: list[float]) -> Completion:
-        eos = self.tokenizer.eos_token_id
-        end, reason = (ids.index(eos) + 1, "stop") if eos in ids else (len(ids), "length")
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        if eos in ids:
+            end, reason = ids.index(eos) + 1, "stop"
+        else:  # a stop pattern or the length limit; rows that stopped early are padded after
+            end = len(ids)
+            while end and ids[end - 1] == pad:
+                end -= 1
+            reason = "length" if end == len(ids) else "stop"
         ids, logps = ids[:end], logps[:end]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Completion(text=text.strip(), token_ids=tuple(ids), logprobs=tuple(logps), finish_reason=reason,
@@ -174,6 +182,23 @@ class HFGenerator:
         self.counters["score_tokens"] += int(mask_B_T.sum())
         self.counters["score_seconds"] += time.perf_counter() - began
         return scores
+
+
+class RegexStop:
+    """Per-row stopping criterion: a row is done once its newly generated text matches `pattern`.
+    Only the last few tokens are decoded each step, so the check costs little next to a forward."""
+
+    def __init__(self, tokenizer: Any, pattern: str, prompt_width: int, window: int = 24) -> None:
+        import re
+
+        self.tokenizer, self.pattern, self.prompt_width, self.window = tokenizer, re.compile(pattern), prompt_width, window
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        start = max(self.prompt_width, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        return torch.tensor([bool(self.pattern.search(t)) for t in tails], device=input_ids.device)
 
 
 def _length(item: Any) -> int:
