@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tutorloop.errors import UserError
+from tutorloop.types import DIALOGUE_ROLES, ROLES, Role
 
 OBJECTIVES = ("sft", "dpo", "opd")
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
@@ -25,9 +26,17 @@ class Strict(BaseModel):
 
 class Resources(Strict):
     cpus: float = Field(1.0, ge=0)
-    """CPUs reserved for this actor (read only by the runtime)."""
+    """Ray CPUs reserved for each replica (read only by the runtime; fractions let roles share a node)."""
     gpus: float = Field(0.0, ge=0)
-    """GPUs reserved for this actor (read only by the runtime)."""
+    """GPUs reserved for each replica (read only by the runtime)."""
+    replicas: int = Field(1, ge=1)
+    """Actors for this role; requests are spread across them. Trainer: data-parallel workers."""
+    placement_group: bool = False
+    """Ray only: give this role its own placement group (one bundle per replica, PACK) instead of
+    letting the scheduler colocate it with other roles."""
+    custom: dict[str, float] = {}
+    """Ray custom resources each replica needs, e.g. {node_a: 1} to pin a role to nodes started
+    with `ray start --resources='{"node_a": 1}'`."""
 
 
 class SamplingConfig(Strict):
@@ -40,27 +49,55 @@ class SamplingConfig(Strict):
 
 
 class AgentConfig(Strict):
-    generator: Literal["hf", "scripted"] = "hf"
-    """Backend: `hf` (transformers, CPU or one GPU) or `scripted` (canned replies, for tests)."""
+    generator: Literal["hf", "vllm", "openai", "scripted"] = "hf"
+    """Backend: `hf` (transformers, CPU or one GPU), `vllm` (a vLLM engine on GPU; the `vllm` extra),
+    `openai` (an OpenAI-compatible endpoint at `base_url`; teacher or mentor only) or `scripted`
+    (canned replies, for tests)."""
     model: str = EMBEDDED_DEFAULT
-    """A local checkpoint directory, a hub id already in the local HF cache, or `embedded:<name>`."""
+    """A local checkpoint directory, a hub id already in the local HF cache, or `embedded:<name>`;
+    for `openai`, the model name the endpoint serves."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute dtype of this role's generator."""
     sampling: SamplingConfig = SamplingConfig()
     """How this role samples."""
     num_candidates: int = Field(1, ge=1, le=64)
-    """Teacher only: corrections sampled per mistake; the first the verifier accepts is kept."""
+    """Teacher: corrections sampled per mistake; the first the verifier accepts is kept. Tutor:
+    replies sampled per turn; the first is said, the others that state the answer become DPO rejects."""
     max_batch_size: int = Field(32, ge=1)
     """Most sequences one forward pass of this role's generator holds."""
     replies: tuple[str, ...] = ()
     """Scripted generator only: replies returned in turn."""
+    trust_remote_code: bool = False
+    """Let transformers import Python code shipped inside this model's directory (custom
+    architectures). Off by default: such a model then fails to load with a one-line error."""
     resources: Resources = Resources()
     """Where this role runs (read only by the runtime)."""
+    tensor_parallel: int = Field(1, ge=1)
+    """vllm only: GPUs one engine shards the model over (give the role as many `resources.gpus`)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """vllm only: share of each GPU the engine takes for weights and KV cache; lower it when
+    another role or the trainer shares the GPU."""
+    sleep_mode: bool = False
+    """vllm only: let the engine sleep (weights to CPU, KV cache freed) while a trainer on the same
+    GPU steps, and wake for the next round."""
+    base_url: str | None = None
+    """openai only: the endpoint's base URL as the OpenAI client takes it, e.g. `http://host:8000/v1`."""
+    api_key_env: str | None = None
+    """openai only: the environment variable that holds the API key (e.g. OPENAI_API_KEY). The key
+    itself never goes in config or logs; null sends none (a local vLLM or SGLang server)."""
 
     @model_validator(mode="after")
     def _scripted_needs_replies(self) -> AgentConfig:
         if self.generator == "scripted" and not self.replies:
             raise ValueError("a scripted generator needs at least one entry in `replies`")
+        return self
+
+    @model_validator(mode="after")
+    def _endpoint_needs_url_and_name(self) -> AgentConfig:
+        if self.generator == "openai" and not self.base_url:
+            raise ValueError("an `openai` generator needs `base_url`, e.g. http://host:8000/v1")
+        if self.generator == "openai" and self.model.startswith("embedded:"):
+            raise ValueError("an `openai` generator needs `model`: the model name the endpoint serves")
         return self
 
 
@@ -105,6 +142,9 @@ class TrainerConfig(Strict):
     """Sequences per forward/backward; gradients accumulate over micro-batches within one step."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Gradient clipping norm."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """A step whose loss or gradient is NaN or inf is skipped (counted as `train/nonfinite_skipped`);
+    after this many in a row the run stops, leaving the last checkpoint intact."""
     max_seq_len: int = Field(768, ge=16)
     """Longest training sequence; prompts are cut from the left beyond it."""
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -125,12 +165,16 @@ class TrainerConfig(Strict):
 
 
 class TasksConfig(Strict):
-    source: Literal["arithmetic", "gsm8k", "jsonl"] = "arithmetic"
-    """Built-in arithmetic word problems, GSM8K-format JSONL, or plain {id, prompt, answer, solution} JSONL."""
+    source: Literal["arithmetic", "gsm8k", "jsonl", "mathdial"] = "arithmetic"
+    """Built-in arithmetic word problems, GSM8K-format JSONL, plain {id, prompt, answer, solution} JSONL,
+    or MathDial JSONL (its question and ground truth; tutoring runs also take its students and dialogues)."""
     path: str | None = None
     """The JSONL file for `gsm8k` and `jsonl` sources."""
     difficulty: int = Field(1, ge=1, le=3)
     """Arithmetic only: steps per problem."""
+    max_prompt_chars: int = Field(4000, ge=1)
+    """Longest problem text a data file may hold; a longer one is an error naming its line, since it
+    would not fit the models' context."""
     num_train: int = Field(256, ge=0)
     """Training problems (0 = all that remain after the eval split)."""
     num_eval: int = Field(64, ge=1)
@@ -146,6 +190,20 @@ class TasksConfig(Strict):
 class EnvConfig(Strict):
     max_rounds: int = Field(1, ge=0, le=16)
     """Correction rounds per problem (teacher correction, mentor feedback, student revision)."""
+    max_reply_chars: int = Field(4000, ge=16)
+    """Teacher and mentor replies are cut to this many characters before anyone reads them, so a
+    runaway reply cannot overflow the next prompt (counted as `episodes/truncated_replies`)."""
+
+
+class DialogueConfig(Strict):
+    max_turns: int = Field(7, ge=1, le=16)
+    """Student replies after its opening explanation (MathDial's k); a dialogue also ends as soon as
+    the student states the answer."""
+    telling_penalty: float = Field(0.5, ge=0.0)
+    """λ in the per-dialogue reward success − λ·telling (recorded on every dialogue)."""
+    recorded_dialogues: bool = True
+    """tasks.source=mathdial only: the recorded dialogues of the training problems become lessons
+    before round 0, under the same rules as simulated ones."""
 
 
 class LoopConfig(Strict):
@@ -159,6 +217,14 @@ class LoopConfig(Strict):
     """Most lessons of each objective in one optimizer step; the rest wait in the buffer."""
     buffer_size: int = Field(256, ge=1)
     """Lessons of each objective kept waiting; the oldest are evicted first."""
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(1, ge=1)
+    """Save a checkpoint after every this many rounds, and after the last; a crash loses the rounds
+    since the last one (1: at most one round)."""
+    keep: int = Field(2, ge=1)
+    """Newest checkpoints kept in `run_dir/checkpoints`; older ones go once a newer one is complete."""
 
 
 class EvalConfig(Strict):
@@ -189,8 +255,21 @@ class LogConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    kind: Literal["local"] = "local"
-    """`local`: every role in this process (asyncio)."""
+    kind: Literal["local", "ray"] = "local"
+    """`local`: every role in this process (asyncio). `ray`: each role replica and the trainer in
+    its own Ray actor, placed by the `resources` of its config section."""
+    address: str | None = None
+    """Ray only: null starts Ray on this machine; `auto` joins the cluster this node belongs to;
+    `ray://host:10001` connects a remote client."""
+    num_cpus: int | None = Field(None, ge=1)
+    """Ray only, when starting Ray here: logical CPUs to offer (null: detect)."""
+    threads_per_actor: int | None = Field(None, ge=1)
+    """torch threads inside each actor (null: all cores of its node). Roles take turns in the
+    default loop, so each may use the whole machine while it works."""
+    max_restarts: int = Field(2, ge=0)
+    """Ray only: how often a dead actor is restarted."""
+    round_retries: int = Field(2, ge=0)
+    """A round whose calls failed (an actor died) is run again up to this many times."""
 
 
 class RunConfig(Strict):
@@ -202,29 +281,48 @@ class RunConfig(Strict):
     """Where metrics.jsonl, episodes.jsonl, the saved student and W&B files go."""
     runtime: RuntimeConfig = RuntimeConfig()
     """Where roles run."""
-    agents: dict[Literal["student", "teacher", "mentor"], AgentConfig] = {}
-    """One entry per role: student, teacher, mentor."""
+    agents: dict[Role, AgentConfig] = {}
+    """One entry per role: student, teacher, mentor; in a tutoring run tutor, sim_student, tagger."""
     tasks: TasksConfig = TasksConfig()
     """Problem source and splits."""
     env: EnvConfig = EnvConfig()
     """The tutoring episode."""
+    dialogue: DialogueConfig | None = None
+    """Set for a tutoring run: MathDial dialogues between a trainable tutor and a simulated student
+    (roles tutor, sim_student, tagger) instead of correction rounds."""
     trainer: TrainerConfig = TrainerConfig()
-    """The student's online trainer."""
+    """The online trainer of the trainable role: the student, or the tutor in a tutoring run."""
     loop: LoopConfig = LoopConfig()
     """The round loop."""
     eval: EvalConfig = EvalConfig()
     """Held-out evaluation."""
     log: LogConfig = LogConfig()
     """Console, files and W&B."""
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """When to save the run's state; a run whose run_dir holds a checkpoint continues from it."""
+
+    @property
+    def trainable(self) -> Role:
+        """The role the trainer updates: the tutor in a tutoring run, else the student."""
+        return "tutor" if self.dialogue else "student"
 
     @model_validator(mode="after")
     def _roles_and_channels(self) -> RunConfig:
-        if missing := [r for r in ("student", "teacher", "mentor") if r not in self.agents]:
+        roles, trainable = (DIALOGUE_ROLES if self.dialogue else ROLES), self.trainable
+        if missing := [r for r in roles if r not in self.agents]:
             raise ValueError(f"agents: missing roles {missing}")
-        if self.agents["student"].generator == "scripted":
-            raise ValueError("agents.student: the trainable student needs a model generator, not `scripted`")
-        if self.trainer.weights["opd"] > 0 and self.agents["teacher"].generator == "scripted":
+        if extra := sorted(set(self.agents) - set(roles)):
+            raise ValueError(f"agents: {extra} not used by this run (a `dialogue` section makes a tutoring run, "
+                             f"with roles {list(DIALOGUE_ROLES)}; without it the roles are {list(ROLES)})")
+        if self.agents[trainable].generator in ("scripted", "openai"):  # no weights here to train
+            raise ValueError(f"agents.{trainable}: the trainable {trainable} needs a model generator (hf or vllm), "
+                             f"not `{self.agents[trainable].generator}`")
+        if self.dialogue and self.trainer.weights["opd"] > 0:
+            raise ValueError("trainer.weights.opd: a tutoring run makes no OPD lessons; set it to 0")
+        if not self.dialogue and self.trainer.weights["opd"] > 0 and self.agents["teacher"].generator == "scripted":
             raise ValueError("trainer.weights.opd > 0 needs a teacher that can score tokens (not `scripted`)")
+        if self.runtime.kind == "local" and self.trainer.resources.replicas > 1:
+            raise ValueError("trainer.resources.replicas > 1 (data parallel) needs runtime.kind=ray")
         return self
 
 

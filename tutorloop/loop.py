@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from tutorloop.agents import build_agents, build_generators
+from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
 from tutorloop.envs import TutoringEnv, build_tasks, verify
 from tutorloop.envs.to_examples import to_train_batch
@@ -22,28 +24,33 @@ from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights
 
 
-async def run(cfg: RunConfig) -> dict[str, float]:
+async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
+    """A run dir that holds a checkpoint continues from it; `resume` makes that required."""
     seed_everything(cfg.seed)
     run_dir = prepare_run_dir(cfg.run_dir)
-    tasks = build_tasks(cfg.tasks.source, path=cfg.tasks.path, difficulty=cfg.tasks.difficulty,
-                        num_train=cfg.tasks.num_train, num_eval=cfg.tasks.num_eval, seed=cfg.seed)
+    store = CheckpointStore(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+    saved = store.latest(config_dict(cfg), required=resume)
+    tasks = build_tasks(cfg.tasks.source, path=cfg.tasks.path, difficulty=cfg.tasks.difficulty, seed=cfg.seed,
+                        num_train=cfg.tasks.num_train, num_eval=cfg.tasks.num_eval,
+                        max_prompt_chars=cfg.tasks.max_prompt_chars)
     runtime = build_runtime(cfg.runtime)
     generators = build_generators(runtime, cfg, lora_kwargs(cfg))
     agents = build_agents(cfg, generators)
     trainer = build_trainer(runtime, cfg)
     objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
     env = TutoringEnv(verify, max_rounds=cfg.env.max_rounds,
-                      score_top_k=cfg.trainer.opd.top_k if "opd" in objectives else 0)
+                      score_top_k=cfg.trainer.opd.top_k if "opd" in objectives else 0,
+                      max_reply_chars=cfg.env.max_reply_chars)
     buffer = LessonBuffer(cfg.loop.buffer_size)
-    log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb)
-    summary: dict[str, float] = {}
-    if cfg.eval.before:
-        summary |= await evaluate(generators["student"], tasks, cfg, "before", log)
-    version = 0
-    for r in log.rounds(cfg.loop.rounds):
+    log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
+                 first_round=saved.progress.rounds_done if saved else 0, wandb_id=saved.wandb_id if saved else None)
+    progress = await start(saved, cfg, tasks, log, trainer=trainer, generators=generators, buffer=buffer)
+    version = progress.version
+    for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
         began = time.perf_counter()
         problems_P = tasks.sample(cfg.loop.problems_per_round, r)
-        episodes_P = await asyncio.gather(*(env.run(p, agents) for p in problems_P))
+        episodes_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
+                                        resync=lambda: sync_weights(trainer, generators["student"]), log=log)
         episode_seconds = time.perf_counter() - began
         buffer.add(to_train_batch(episodes_P, verify, objectives=objectives), version)
         batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
@@ -53,13 +60,55 @@ async def run(cfg: RunConfig) -> dict[str, float]:
         metrics |= await generation_metrics(generators) | {"buffer/dropped_stale": float(buffer.dropped_stale)}
         timing = {"round/seconds": time.perf_counter() - began, "round/episode_seconds": episode_seconds}
         log.write(r, episode_metrics(episodes_P) | metrics | timing, episodes_P)
+        progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
+        if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
+            await store.save(progress, trainer=trainer, generators=generators, buffer=buffer,
+                             wandb_id=log.wandb_id, config=config_dict(cfg))
+    summary = dict(progress.summary)
     if cfg.eval.after:
         summary |= await evaluate(generators["student"], tasks, cfg, "after", log)
-    await trainer.save(str(run_dir / "student"))
+    await save_model(trainer, run_dir / "student")
     log.note(f"student saved to {run_dir / 'student'}")
     log.finish(summary)
     runtime.shutdown()
     return summary
+
+
+async def start(saved: Checkpoint | None, cfg: RunConfig, tasks: Any, log: RunLog, *, trainer: Any,
+                generators: dict[str, Any], buffer: LessonBuffer) -> Progress:
+    """Where the rounds begin: the checkpoint's state restored, or round 0 after the eval before."""
+    if saved is not None:
+        log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
+        return await restore(saved, trainer=trainer, generators=generators, buffer=buffer)
+    before = await evaluate(generators["student"], tasks, cfg, "before", log) if cfg.eval.before else {}
+    return Progress(summary=before)
+
+
+def after_round(progress: Progress, r: int, version: int, metrics: dict[str, float], limit: int,
+                store: CheckpointStore) -> Progress:
+    """The loop's state after round r. Skipped non-finite steps leave the weights as they were, but a
+    run that keeps producing them is broken: it stops before writing another checkpoint."""
+    streak = progress.nonfinite_streak + 1 if metrics.get("train/nonfinite_skipped") else 0
+    if streak >= limit:
+        raise UserError(f"round {r}: {streak} optimizer steps in a row had a non-finite loss or gradient and were "
+                        f"skipped (trainer.max_nonfinite_steps={limit}); stopping. The last checkpoint in "
+                        f"'{store.root}' is intact: lower trainer.lr or check the data, then run again to continue")
+    return replace(progress, rounds_done=r + 1, version=version, nonfinite_streak=streak)
+
+
+async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], runtime: Any, retries: int, *,
+                       resync: Callable[[], Awaitable[int]], log: RunLog) -> list[Any]:
+    """Every problem's episode, concurrently. If an actor died (Ray restarts it with its initial
+    weights), the student's weights are synced again and the whole round is rerun."""
+    for attempt in range(retries + 1):
+        try:
+            return list(await asyncio.gather(*(env.run(p, agents) for p in problems)))
+        except runtime.retryable_errors as exc:
+            if attempt == retries:
+                raise
+            log.note(f"round failed ({type(exc).__name__}); retrying ({attempt + 1}/{retries})")
+            await resync()
+    raise AssertionError("unreachable")
 
 
 async def evaluate(generator: Any, tasks: Any, cfg: RunConfig, when: str, log: RunLog) -> dict[str, float]:

@@ -6,11 +6,15 @@ a run asks for it."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from tutorloop.checkpoint import write_file
 from tutorloop.config import WandbConfig
+from tutorloop.envs.graders import undecodable
 from tutorloop.types import Episode
 
 TABLE_COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),
@@ -19,7 +23,8 @@ TABLE_COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try
                  ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("opd", "loss/opd", "{:.3f}"),
                  ("KL t-s", "kl/teacher_student", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
                  ("s", "round/seconds", "{:.1f}"))
-TRANSCRIPT_COLUMNS = ["round", "problem_id", "turn", "role", "kind", "text", "correct", "provenance", "policy_version"]
+TRANSCRIPT_COLUMNS = ["round", "problem_id", "turn", "role", "kind", "move", "text", "correct", "provenance",
+                      "policy_version"]
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
@@ -34,7 +39,18 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         "episodes/reference_fallbacks": total["reference_fallbacks"],
         "episodes/hint_leaks": total["hint_leaks"],
         "episodes/turns_mean": sum(len(e.turns) for e in episodes) / n,
-    }
+    } | reply_counts(episodes)
+
+
+def reply_counts(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Model replies that were handled rather than trusted, per round: an empty or answerless student
+    reply grades wrong, a cut reply is re-verified, an undecodable one never becomes a target."""
+    turns = [t for e in episodes for t in e.turns]
+    student = [t for t in turns if t.role == "student"]
+    return {"episodes/empty_replies": float(sum(not t.text.strip() for t in student)),
+            "episodes/no_answer": float(sum(bool(t.text.strip()) and t.answer is None for t in student)),
+            "episodes/truncated_replies": float(sum(t.truncated for t in turns)),
+            "episodes/invalid_utf8_replies": float(sum(undecodable(t.text) for t in turns))}
 
 
 def episode_record(round_index: int, episode: Episode) -> dict[str, Any]:
@@ -49,26 +65,37 @@ def episode_record(round_index: int, episode: Episode) -> dict[str, Any]:
 
 class RunLog:
     def __init__(self, run_dir: Path, *, name: str, config: dict[str, Any], console: bool,
-                 wandb_cfg: WandbConfig) -> None:
-        self.run_dir = run_dir
+                 wandb_cfg: WandbConfig, columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS,
+                 first_round: int = 0, wandb_id: str | None = None) -> None:
+        """columns: the console's per-round table as (title, metric key, format). first_round: rows of
+        this round and later are dropped from the files first (a resumed run writes them again);
+        wandb_id: the W&B run to continue."""
+        self.run_dir, self.columns = run_dir, columns
+        for name in ("metrics.jsonl", "episodes.jsonl"):
+            keep_rounds_before(run_dir / name, first_round)
+        write_file(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.episodes_file = open(run_dir / "episodes.jsonl", "a", encoding="utf-8")
         self.console = _rich_console() if console else None
         self.transcripts_per_round = wandb_cfg.transcripts_per_round
         self.transcript_rows: list[list[Any]] = []
-        self.wandb = _start_wandb(run_dir, name, config, wandb_cfg) if wandb_cfg.mode != "disabled" else None
+        self.wandb = _start_wandb(run_dir, name, config, wandb_cfg, wandb_id) if wandb_cfg.mode != "disabled" else None
 
-    def rounds(self, total: int) -> Iterator[int]:
-        """range(total), with a progress bar on the console."""
-        if self.console is None or total == 0:
-            yield from range(total)
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
+
+    def rounds(self, total: int, start: int = 0) -> Iterator[int]:
+        """range(start, total), with a progress bar on the console."""
+        if self.console is None or start >= total:
+            yield from range(start, total)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as progress:
-            task = progress.add_task("rounds", total=total)
-            for index in range(total):
+            task = progress.add_task("rounds", total=total, completed=start)
+            for index in range(start, total):
                 yield index
                 progress.advance(task)
 
@@ -80,7 +107,7 @@ class RunLog:
             self.episodes_file.write(json.dumps(episode_record(round_index, episode)) + "\n")
         self.episodes_file.flush()
         if self.console is not None:
-            self.console.print(_round_table(row, header=round_index == 0))
+            self.console.print(_round_table(row, self.columns, header=round_index == 0))
         if self.wandb is not None:
             self._add_transcripts(round_index, episodes[:self.transcripts_per_round])
             self.wandb.log(metrics, step=round_index)
@@ -104,8 +131,8 @@ class RunLog:
     def _add_transcripts(self, round_index: int, episodes: Sequence[Episode]) -> None:
         for episode in episodes:
             for i, turn in enumerate(episode.turns):
-                self.transcript_rows.append([round_index, episode.problem.id, i, turn.role, turn.kind, turn.text,
-                                             turn.correct, turn.provenance, turn.policy_version])
+                self.transcript_rows.append([round_index, episode.problem.id, i, turn.role, turn.kind, turn.move,
+                                             turn.text, turn.correct, turn.provenance, turn.policy_version])
 
 
 def _rich_console() -> Any:
@@ -117,18 +144,50 @@ def _rich_console() -> Any:
     return console
 
 
-def _round_table(row: dict[str, float], *, header: bool) -> Any:
+def _round_table(row: dict[str, float], columns: Sequence[tuple[str, str, str]], *, header: bool) -> Any:
     from rich.table import Table
 
     table = Table(show_header=header, box=None, pad_edge=False)
-    for title, _, _ in TABLE_COLUMNS:
+    for title, _, _ in columns:
         table.add_column(title, justify="right", min_width=max(len(title), 6))
-    table.add_row(*(fmt.format(row[key]) if key in row else "-" for _, key, fmt in TABLE_COLUMNS))
+    table.add_row(*(fmt.format(row[key]) if key in row else "-" for _, key, fmt in columns))
     return table
 
 
-def _start_wandb(run_dir: Path, name: str, config: dict[str, Any], cfg: WandbConfig) -> Any:
+def _start_wandb(run_dir: Path, name: str, config: dict[str, Any], cfg: WandbConfig, run_id: str | None) -> Any:
     import wandb
 
+    # resume="allow" continues run `run_id` online. Offline, W&B writes a new offline-run-* dir with
+    # the same id; `wandb sync --id ID --append DIR` adds it to the first (wandb issue #5865).
     return wandb.init(project=cfg.project, entity=cfg.entity, name=name, dir=str(run_dir), mode=cfg.mode,
-                      config=config, settings=wandb.Settings(silent=True, console="off"))
+                      config=config, id=run_id, resume="allow" if run_id else None,
+                      settings=wandb.Settings(silent=True, console="off"))
+
+
+def keep_rounds_before(path: Path, first_round: int) -> None:
+    """Drop the rows of a JSONL log from `first_round` on, and a torn last line from a kill mid-write,
+    so a resumed run that writes those rounds again leaves each round once. Rows start with
+    `{"round": N` (RunLog writes them so), which keeps this a prefix match per line."""
+    if not path.exists():
+        return
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        for line in src:
+            match = _ROUND_PREFIX.match(line)
+            complete = line.endswith(b"\n") or _parses(line)
+            if match and complete and int(match[1]) < first_round:
+                dst.write(line.rstrip(b"\n") + b"\n")
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+
+
+_ROUND_PREFIX = re.compile(rb'\{"round": (-?\d+)[,}]')
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True

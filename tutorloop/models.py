@@ -95,24 +95,64 @@ def _convert_gguf(gguf_dir: Path, filename: str, target: Path) -> None:
     tmp.rename(target)
 
 
-def load_tokenizer(path: Path) -> Any:
+def model_vocab(name: str, *, field: str, trust_remote_code: bool = False) -> dict[str, int]:
+    """The tokenizer vocabulary of the model at `name`, after failing fast, with `field` in the one-line
+    message, on what would otherwise break deep inside a load: no safetensors weights, no tokenizer,
+    or code in the model directory that the config did not allow to run."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name, field=field)
+    if not any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
+        other = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        found = f" (found {other[0]})" if other else ""
+        raise UserError(f"{field}: '{path}' holds no model.safetensors{found}; tutorloop loads weights only "
+                        "from safetensors, never from pickle files")
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{field}: {_load_failure(path, exc, field)}") from None
+    return load_tokenizer(path, trust_remote_code=trust_remote_code, field=field).get_vocab()
+
+
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False, field: str = "model") -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{field}: no usable tokenizer in '{path}' ({_first_line(exc)})") from None
+    if isinstance(tokenizer, bool) or not hasattr(tokenizer, "apply_chat_template"):
+        raise UserError(f"{field}: no tokenizer files in '{path}'")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        raise UserError(f"tokenizer at '{path}' has no chat template")
+        raise UserError(f"{field}: tokenizer at '{path}' has no chat template")
     return tokenizer
 
 
-def load_causal_lm(path: Path, dtype: str) -> Any:
+def load_causal_lm(path: Path, dtype: str, *, trust_remote_code: bool = False) -> Any:
+    """Weights from safetensors only: a pickle file (`pytorch_model.bin`) can run code when loaded."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
-                                                 use_safetensors=True)
-    return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
+                                                    use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(_load_failure(path, exc, "model")) from None
+
+
+def _load_failure(path: Path, exc: Exception, field: str) -> str:
+    if "trust_remote_code" in str(exc):
+        section = field.rpartition(".")[0] or "agents.<role>"
+        return (f"'{path}' needs the Python code shipped inside it; set {section}.trust_remote_code=true "
+                "only if you trust that code")
+    return f"cannot load the model at '{path}' ({_first_line(exc)})"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def render_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-Role = Literal["student", "teacher", "mentor"]
+Role = Literal["student", "teacher", "mentor", "tutor", "sim_student", "tagger"]
 ROLES: tuple[Role, ...] = ("student", "teacher", "mentor")
+"""The roles of the correction loop; a tutoring dialogue has a tutor, a simulated student and a
+move tagger instead (DIALOGUE_ROLES)."""
+DIALOGUE_ROLES: tuple[Role, ...] = ("tutor", "sim_student", "tagger")
+Move = Literal["focus", "probing", "telling", "generic"]
+MOVES: tuple[Move, ...] = ("focus", "probing", "telling", "generic")
+"""MathDial's teacher moves (Macina et al. 2023): steer attention, draw out reasoning, reveal,
+or talk (greetings, encouragement)."""
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Messages = tuple[Message, ...]
 
@@ -27,6 +34,10 @@ class Problem:
     """Step-by-step reference solution (privileged context for the teacher)."""
     difficulty: int = 0
     source: str = ""
+    incorrect_solution: str | None = None
+    """Tutoring only: the simulated student's own wrong solution, which it believes (MathDial)."""
+    persona: str | None = None
+    """Tutoring only: who the simulated student is, e.g. "Kim is a 7th grade student who ..."."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,12 @@ class Turn:
     """Who wrote the text: "model", or "reference" when the reference solution stood in."""
     teacher_scores: TokenScores | None = None
     """The teacher's scores of this turn's tokens under its privileged context (OPD)."""
+    truncated: bool = False
+    """The reply was longer than `env.max_reply_chars` and was cut there before anyone read it."""
+    move: str | None = None
+    """Tutor turns: the MathDial move the tagger gave it (focus | probing | telling | generic)."""
+    alternatives: tuple[str, ...] = ()
+    """Other replies the agent sampled for the same prompt and did not say (tutor DPO rejects)."""
 
 
 class StopReason(StrEnum):

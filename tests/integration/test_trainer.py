@@ -99,17 +99,17 @@ def test_full_finetuning_reference_stays_frozen(tiny_lm_dir, tiny_teacher_dir):
     ref_before = {k: v.clone() for k, v in trainer.reference.state_dict().items()}
     asyncio.run(trainer.step(_batch(tiny_lm_dir, tiny_teacher_dir)))
     assert all(torch.equal(ref_before[k], v) for k, v in trainer.reference.state_dict().items())
-    version, tensors = asyncio.run(trainer.weights())
-    assert version == 1 and len(tensors) == len(trainer.model.state_dict())
+    version, packed = asyncio.run(trainer.weights())
+    assert version == 1 and len(packed.index) == len(trainer.model.state_dict())
 
 
 def test_lora_sync_sends_only_adapter_tensors_and_generator_follows(tiny_lm_dir, tiny_teacher_dir):
     trainer = _trainer(tiny_lm_dir, {"sft": 1, "dpo": 0, "opd": 0})
     asyncio.run(trainer.step(_batch(tiny_lm_dir, tiny_teacher_dir)))
-    version, tensors = asyncio.run(trainer.weights())
-    assert tensors and all("lora_" in name for name, _ in tensors)
+    version, packed = asyncio.run(trainer.weights())
+    assert packed.index and all("lora_" in name for name, *_ in packed.index)
     gen = HFGenerator(str(tiny_lm_dir), lora=LORA)
-    asyncio.run(gen.load_weights(tensors, version))
+    asyncio.run(gen.load_weights(packed, version))
     from tutorloop.models import forward_targets
     from tutorloop.trainers.batching import encode_text
 

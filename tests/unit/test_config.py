@@ -6,6 +6,7 @@ import pytest
 
 from tutorloop.config import OBJECTIVES, load_config
 from tutorloop.errors import UserError
+from tutorloop.types import DIALOGUE_ROLES, ROLES
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -13,12 +14,13 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_validates(path):
     cfg = load_config(path)
-    assert set(cfg.agents) == {"student", "teacher", "mentor"}
+    assert set(cfg.agents) == set(DIALOGUE_ROLES if cfg.dialogue else ROLES)
     assert set(cfg.trainer.weights) == set(OBJECTIVES)
 
 
 def test_configs_exist():
     assert any(p.name == "default.yaml" for p in CONFIGS)
+    assert any(p.name == "tutoring_default.yaml" for p in CONFIGS)
 
 
 def _error(tmp_path, text, overrides=()):
@@ -51,9 +53,27 @@ def test_unknown_objective(tmp_path):
     assert "unknown objectives ['kto']" in _error(tmp_path, BASE, ["trainer.weights.kto=1"])
 
 
-def test_unknown_role_and_missing_role(tmp_path):
+def test_unknown_role(tmp_path):
     assert "agents.critic" in _error(tmp_path, BASE + "", ["agents.critic.model=x"])
+
+
+def test_missing_required_role(tmp_path):
     assert "missing roles ['mentor']" in _error(tmp_path, "agents: {student: {}, teacher: {}}\n")
+
+
+def test_missing_required_data_path(tmp_path):
+    assert "tasks: source 'jsonl' needs `path`" in _error(tmp_path, BASE, ["tasks.source=jsonl"])
+
+
+def test_unknown_runtime(tmp_path):
+    assert "runtime.kind" in _error(tmp_path, BASE, ["runtime.kind=slurm"])
+
+
+def test_remote_code_is_off_unless_the_config_turns_it_on(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE)
+    assert not any(spec.trust_remote_code for spec in load_config(path).agents.values())
+    assert load_config(path, ["agents.teacher.trust_remote_code=true"]).agents["teacher"].trust_remote_code
 
 
 def test_unknown_backend(tmp_path):
@@ -103,3 +123,18 @@ def test_every_field_is_documented():
     for model in models:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
+
+
+TUTORING = "agents: {tutor: {}, sim_student: {}, tagger: {}}\ndialogue: {}\ntrainer: {weights: {sft: 1, opd: 0}}\n"
+
+
+def test_tutoring_run_has_its_own_roles(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(TUTORING)
+    cfg = load_config(path)
+    assert cfg.trainable == "tutor" and cfg.dialogue.max_turns == 7
+    assert "missing roles ['tagger']" in _error(tmp_path, TUTORING.replace(", tagger: {}", ""))
+    assert "['tutor'] not used by this run" in _error(tmp_path, BASE + "", ["agents.tutor.model=x"])
+    assert "a tutoring run makes no OPD lessons" in _error(tmp_path, TUTORING, ["trainer.weights.opd=1"])
+    assert "trainable tutor needs a model generator" in _error(
+        tmp_path, TUTORING, ["agents.tutor.generator=scripted", "agents.tutor.replies=[hi]"])

@@ -221,3 +221,19 @@ def test_invalid_utf8_is_a_user_error(tmp_path: Path) -> None:
     path.write_bytes(GOOD_GSM.encode() + b"\n" + latin1)
     with pytest.raises(UserError, match="line 2: not valid UTF-8"):
         load_gsm8k(path)
+
+
+def test_a_100k_character_problem_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    rows = [json.dumps({"id": f"q{i}", "prompt": f"{i}+1?", "answer": i + 1}) for i in range(5)]
+    rows[3] = json.dumps({"id": "huge", "prompt": "x" * 100_000 + " 1+1?", "answer": 2})
+    path = write_lines(tmp_path / "long.jsonl", rows)
+    with pytest.raises(UserError) as info:
+        build_tasks("jsonl", path=str(path), difficulty=0, num_train=0, num_eval=1, seed=0, max_prompt_chars=4000)
+    assert str(info.value) == (f"{path}: problem 'huge' has 100005 characters, over tasks.max_prompt_chars=4000 "
+                               "(1 problem(s) in all)")
+
+
+def test_unpaired_surrogate_escape_is_a_user_error(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "surrogate.jsonl", [jsonl_row(answer=1), '{"id": "b", "prompt": "x\\ud800", "answer": 1}'])
+    with pytest.raises(UserError, match="line 2: field 'prompt' holds an unpaired surrogate escape"):
+        load_jsonl(path)

@@ -1,29 +1,42 @@
 """Agents and their generators, built from config. Roles whose generator settings are identical
-share one generator (one copy of the weights, and their requests batch together); the student's is
-always its own, because it is the one that receives new weights."""
+share one generator (one copy of the weights, and their requests batch together); the trainable
+role's (the student, or the tutor in a tutoring run) is always its own, because it is the one that
+receives new weights."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from tutorloop.agents.generators import generator_class
 from tutorloop.agents.mentor import MentorAgent
+from tutorloop.agents.prompts import NEXT_SPEAKER_STOP
 from tutorloop.agents.protocol import Agent, Generator
+from tutorloop.agents.sim_student import SimStudentAgent
 from tutorloop.agents.student import StudentAgent
+from tutorloop.agents.tagger import TaggerAgent
 from tutorloop.agents.teacher import TeacherAgent
+from tutorloop.agents.tutor import TutorAgent
 from tutorloop.config import AgentConfig, RunConfig
 from tutorloop.envs.graders import ANSWER_STOP, contains_number, verify
+from tutorloop.errors import UserError
+from tutorloop.models import model_vocab
 from tutorloop.types import Role, SamplingParams
 
 
 def build_generators(runtime: Any, cfg: RunConfig, lora: dict[str, Any] | None,
-                     student_adapter: str | None = None) -> dict[Role, Generator]:
-    generators: dict[Role, Generator] = {
-        "student": spawn_generator(runtime, cfg.agents["student"], cfg.seed, lora=lora, adapter=student_adapter)}
+                     student_adapter: str | None = None, roles: Sequence[Role] | None = None) -> dict[Role, Generator]:
+    """student_adapter: a saved adapter for the trainable role; roles: only these (default: all)."""
+    roles = tuple(roles or cfg.agents)
+    check_models(cfg, roles)
+    generators: dict[Role, Generator] = {}
+    if cfg.trainable in roles:
+        generators[cfg.trainable] = spawn_generator(runtime, cfg.agents[cfg.trainable], cfg.seed, lora=lora,
+                                                    adapter=student_adapter)
     shared: dict[str, Generator] = {}
-    for role in ("teacher", "mentor"):
+    for role in (r for r in roles if r != cfg.trainable):
         spec = cfg.agents[role]
-        key = spec.model_dump_json(include={"generator", "model", "dtype", "max_batch_size", "replies"})
+        key = spec.model_dump_json(include={"generator", "model", "dtype", "max_batch_size", "replies", "base_url",
+                                            "api_key_env", "tensor_parallel", "gpu_memory_utilization", "sleep_mode"})
         if key not in shared:
             shared[key] = spawn_generator(runtime, spec, cfg.seed + 1)
         generators[role] = shared[key]
@@ -35,8 +48,29 @@ def spawn_generator(runtime: Any, spec: AgentConfig, seed: int, *, lora: dict[st
     cls = generator_class(spec.generator)
     if spec.generator == "scripted":
         return runtime.spawn(cls, spec.replies, resources=spec.resources)
+    if spec.generator == "openai":  # an endpoint: no weights, dtype or adapter of ours
+        return runtime.spawn(cls, spec.model, resources=spec.resources, base_url=spec.base_url,
+                             api_key_env=spec.api_key_env, max_batch_size=spec.max_batch_size, seed=seed)
+    engine = {"tensor_parallel": spec.tensor_parallel, "gpu_memory_utilization": spec.gpu_memory_utilization,
+              "sleep_mode": spec.sleep_mode} if spec.generator == "vllm" else {}
     return runtime.spawn(cls, spec.model, resources=spec.resources, dtype=spec.dtype,
-                         max_batch_size=spec.max_batch_size, lora=lora, adapter=adapter, seed=seed)
+                         max_batch_size=spec.max_batch_size, lora=lora, adapter=adapter, seed=seed,
+                         trust_remote_code=spec.trust_remote_code, **engine)
+
+
+def check_models(cfg: RunConfig, roles: Sequence[Role]) -> None:
+    """Fail fast, naming the config key, on a local model a role could not load, and on OPD between
+    different tokenizers: the teacher scores the student's own token ids, which must mean the same."""
+    vocabs: dict[str, dict[str, int]] = {}
+    for role in roles:
+        spec = cfg.agents[role]
+        if spec.generator in ("hf", "vllm"):  # the others have no weights here (scripted, an endpoint)
+            vocabs[role] = model_vocab(spec.model, field=f"agents.{role}.model", trust_remote_code=spec.trust_remote_code)
+    student, teacher = vocabs.get("student"), vocabs.get("teacher")
+    if cfg.trainer.weights["opd"] > 0 and student is not None and teacher is not None and student != teacher:
+        how = f"{len(teacher)} vs {len(student)} tokens" if len(teacher) != len(student) else "same size, other ids"
+        raise UserError(f"agents.teacher.model: its tokenizer differs from agents.student.model's ({how}); "
+                        "on-policy distillation (trainer.weights.opd > 0) needs both to share one tokenizer")
 
 
 def build_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role, Agent]:
@@ -48,10 +82,24 @@ def build_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role
     }
 
 
+def build_dialogue_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role, Agent]:
+    """The agents of a tutoring dialogue, for the roles that have a generator (a person may play
+    the other side). Both speakers stop where a model starts writing the other's line."""
+    specs = cfg.agents
+    make = {
+        "tutor": lambda g: TutorAgent(g, sampling(specs["tutor"], stop=NEXT_SPEAKER_STOP),
+                                      num_candidates=specs["tutor"].num_candidates),
+        "sim_student": lambda g: SimStudentAgent(g, sampling(specs["sim_student"], stop=NEXT_SPEAKER_STOP)),
+        "tagger": lambda g: TaggerAgent(g, sampling(specs["tagger"]), contains_answer=contains_number),
+    }
+    return {role: make[role](generator) for role, generator in generators.items() if role in make}
+
+
 def sampling(spec: AgentConfig, stop: str | None = None) -> SamplingParams:
     """Students and teachers stop after their final-answer line; the mentor must not state one."""
     s = spec.sampling
     return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, stop_regex=stop)
 
 
-__all__ = ["Agent", "Generator", "MentorAgent", "StudentAgent", "TeacherAgent", "build_agents", "build_generators"]
+__all__ = ["Agent", "Generator", "MentorAgent", "SimStudentAgent", "StudentAgent", "TaggerAgent", "TeacherAgent",
+           "TutorAgent", "build_agents", "build_dialogue_agents", "build_generators"]

@@ -9,8 +9,9 @@ less to leak; `mentor.py` still redacts the gold answer from what it says.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from tutorloop.types import Messages, Problem
+from tutorloop.types import Message, Messages, Problem, Turn
 
 STUDENT_SYSTEM = "Solve the problem step by step. End with 'The answer is N.'"
 
@@ -74,3 +75,79 @@ def split_correction(text: str) -> tuple[str, str]:
         return "", text.strip()
     diagnosis = re.sub(r"^\s*mistake\s*:\s*", "", text[:match.start()], flags=re.IGNORECASE).strip()
     return diagnosis, text[match.end():].strip()
+
+
+# --- tutoring dialogues (MathDial): a tutor, a simulated student, a move tagger ------------------
+# The tutor sees the correct solution; the simulated student sees only its own wrong one and its
+# persona. Each side sees its own turns as "assistant" and the other side's as "user".
+
+TUTOR_OPENING = "Hi {name}, could you walk me through your solution?"
+
+TUTOR_SYSTEM = ("You are a patient math tutor talking with {name}, whose solution to this problem is "
+                "wrong.\nProblem: {problem}\nCorrect solution (for you only):\n{solution}\n"
+                "Help {name} find the mistake: one short question or hint at a time. "
+                "Do not tell {name} the answer.")
+
+SIM_STUDENT_SYSTEM = ("{persona}\nYou are {name}. Problem: {problem}\nYour solution:\n{incorrect_solution}\n"
+                      "You believe your answer is right and defend it. Change your mind only after the "
+                      "teacher asks several good questions that make you see the mistake. You never make "
+                      "calculation errors. Answer the teacher in one to three sentences.")
+
+TAGGER_SYSTEM = ("Label the tutor's last turn with one teaching move:\n"
+                 "focus: points the student to a specific quantity, step or strategy.\n"
+                 "probing: asks the student to explain or justify their reasoning.\n"
+                 "telling: reveals a step, the correction or the answer.\n"
+                 "generic: greeting, 'walk me through it', praise or encouragement.\n"
+                 "Answer with one word: focus, probing, telling or generic.")
+
+TAGGER_ASK = "Student: {student}\nTutor: {tutor}\nMove:"
+
+DEFAULT_PERSONA = "{name} is a 7th grade student."
+NEXT_SPEAKER_STOP = r"(?i)\n\s*(?:\*\*)?(?:tutor|teacher|student)(?:\*\*)?\s*:"
+"""Where a model replying for one side starts writing the other's line; generation stops there."""
+DEFAULT_NAME = "Sam"
+
+
+
+def student_name(problem: Problem) -> str:
+    """The simulated student's name: the persona's first word, as in MathDial's profiles
+    ("Steven is a 7th grade student. ...")."""
+    first = (problem.persona or "").split(maxsplit=1)[0:1]
+    name = first[0].strip(".,;:!") if first else ""
+    return name if name[:1].isupper() and name.isalpha() else DEFAULT_NAME
+
+
+def tutor_opening(problem: Problem) -> str:
+    return TUTOR_OPENING.format(name=student_name(problem))
+
+
+def tutor_turn(problem: Problem, history: Sequence[Turn]) -> Messages:
+    solution = problem.solution or f"The answer is {problem.answer}."
+    system = TUTOR_SYSTEM.format(name=student_name(problem), problem=problem.prompt, solution=solution)
+    return ({"role": "system", "content": system}, *dialogue_messages(history, speaker="tutor"))
+
+
+def sim_student_turn(problem: Problem, history: Sequence[Turn]) -> Messages:
+    name = student_name(problem)
+    system = SIM_STUDENT_SYSTEM.format(persona=problem.persona or DEFAULT_PERSONA.format(name=name), name=name,
+                                       problem=problem.prompt, incorrect_solution=problem.incorrect_solution or "")
+    return ({"role": "system", "content": system}, *dialogue_messages(history, speaker="sim_student"))
+
+
+def tag_move(history: Sequence[Turn], tutor: Turn) -> Messages:
+    student = next((t.text for t in reversed(history) if t.role == "sim_student"), "")
+    return ({"role": "system", "content": TAGGER_SYSTEM},
+            {"role": "user", "content": TAGGER_ASK.format(student=student, tutor=tutor.text)})
+
+
+def dialogue_messages(history: Sequence[Turn], speaker: str) -> tuple[Message, ...]:
+    return tuple({"role": "assistant" if t.role == speaker else "user", "content": t.text}
+                 for t in history if t.role in ("tutor", "sim_student"))
+
+
+def one_utterance(text: str, name: str) -> str:
+    """A dialogue reply as one utterance: a leading speaker label ("Tutor:", "Kim:") is dropped, and
+    anything from the next speaker's label on is cut (small models write both sides)."""
+    label = rf"(?:\*\*)?(?:tutor|teacher|student|{re.escape(name)})(?:\*\*\s*:|\s*:(?:\*\*)?)"
+    text = re.sub(rf"^\s*{label}\s*", "", text.strip(), count=1, flags=re.IGNORECASE)
+    return re.split(rf"\n\s*{label}", text, maxsplit=1, flags=re.IGNORECASE)[0].strip()

@@ -6,7 +6,7 @@ in this process and on a Ray actor handle (issue: Ray runtime). Protocols, not b
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from tutorloop.types import Completion, Message, Problem, Role, SamplingParams, TokenScores, Turn
 
@@ -22,12 +22,21 @@ class Generator(Protocol):
         """Teacher-forced log-probs (and top-k) of each target span under its own context."""
         ...
 
-    async def load_weights(self, named_tensors: Iterable[tuple[str, object]], version: int) -> None:
-        """Take new policy weights (LoRA: adapter tensors only); later samples carry `version`."""
+    async def load_weights(self, weights: object, version: int) -> None:
+        """Take new policy weights, `PackedWeights` or (name, tensor) pairs (LoRA: adapter tensors
+        only); later samples carry `version`."""
         ...
 
     async def stats(self) -> dict[str, float]:
         """Counters since the last call (tokens generated, seconds), then reset."""
+        ...
+
+    async def sampling_state(self) -> dict[str, int]:
+        """Where the generator is in its seeded stream of samples (for checkpoints)."""
+        ...
+
+    async def load_sampling_state(self, state: dict[str, int]) -> None:
+        """Continue from `sampling_state()`'s result: later samples repeat the original run's exactly."""
         ...
 
 

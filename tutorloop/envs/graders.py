@@ -93,6 +93,12 @@ def normalize_number(s: str) -> str | None:
     return _match_value(match)
 
 
+def undecodable(text: str) -> bool:
+    """Whether `text` shows bytes that were not valid UTF-8: the decoder's U+FFFD replacement mark,
+    or an unpaired surrogate (from a JSON escape). Such text no longer spells what the model emitted."""
+    return "\ufffd" in text or any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 def contains_number(text: str, number: str) -> bool:
     """Whether `number` appears in `text` as a whole number: "128" does not contain "12", "1,200"
     contains "1200". The sign is ignored, since "-12" shows the digits of 12 just as plainly."""

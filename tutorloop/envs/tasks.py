@@ -20,7 +20,7 @@ from tutorloop.envs.graders import normalize_number
 from tutorloop.errors import UserError
 from tutorloop.types import Problem
 
-SOURCES = ("arithmetic", "gsm8k", "jsonl")
+SOURCES = ("arithmetic", "gsm8k", "jsonl", "mathdial")
 DIFFICULTIES = (1, 2, 3)
 
 
@@ -63,8 +63,9 @@ class TaskPool:
 
 
 def build_tasks(source: str, *, path: str | None, difficulty: int, num_train: int, num_eval: int,
-                seed: int) -> TaskPool:
-    """The pool for one run. `num_train = 0` means every problem not held out for eval."""
+                seed: int, max_prompt_chars: int | None = None) -> TaskPool:
+    """The pool for one run. `num_train = 0` means every problem not held out for eval; a problem
+    longer than `max_prompt_chars` is an error (it would not fit the models' context)."""
     if source not in SOURCES:
         raise UserError(f"tasks.source must be one of {', '.join(SOURCES)}; got {source!r}")
     if num_train < 0 or num_eval < 0:
@@ -73,7 +74,10 @@ def build_tasks(source: str, *, path: str | None, difficulty: int, num_train: in
         return _build_arithmetic(difficulty, num_train, num_eval, seed)
     if not path:
         raise UserError(f"tasks.path is required when tasks.source is {source!r}")
-    problems = load_gsm8k(path) if source == "gsm8k" else load_jsonl(path)
+    problems = {"gsm8k": load_gsm8k, "jsonl": load_jsonl, "mathdial": _load_mathdial_problems}[source](path)
+    if too_long := [p for p in problems if max_prompt_chars is not None and len(p.prompt) > max_prompt_chars]:
+        raise UserError(f"{path}: problem {too_long[0].id!r} has {len(too_long[0].prompt)} characters, over "
+                        f"tasks.max_prompt_chars={max_prompt_chars} ({len(too_long)} problem(s) in all)")
     if len(problems) < num_eval + 1:
         raise UserError(f"{path}: has {len(problems)} problems; tasks.num_eval={num_eval} "
                         f"needs at least {num_eval + 1} (one left to train on)")
@@ -287,6 +291,15 @@ def load_jsonl(path: str | Path) -> list[Problem]:
     return _unique(problems, path)
 
 
+def _load_mathdial_problems(path: str | Path) -> list[Problem]:
+    from tutorloop.envs.mathdial import load_mathdial  # it reads rows with this module's reader
+
+    problems = list(load_mathdial(path).problems)
+    if not problems:
+        raise UserError(f"{path}: no MathDial row has a question, a numeric ground truth and an incorrect solution")
+    return problems
+
+
 def _read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) for each non-blank line; every failure is a one-line UserError."""
     try:
@@ -323,6 +336,9 @@ def _text_field(row: dict[str, Any], name: str, path: str | Path, lineno: int) -
     value = row[name]
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{path} line {lineno}: field {name!r} must be a non-empty string")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON allows "\ud800"; no tokenizer does
+        raise UserError(f"{path} line {lineno}: field {name!r} holds an unpaired surrogate escape, "
+                        "which is not valid Unicode")
     return value
 
 

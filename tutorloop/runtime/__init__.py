@@ -11,12 +11,19 @@ T = TypeVar("T")
 
 
 class Runtime(Protocol):
+    retryable_errors: tuple[type[BaseException], ...]
+    """Failures after which a round is rerun (an actor that died and was restarted)."""
+
     def spawn(self, cls: type[T], /, *args: Any, resources: Any, **kwargs: Any) -> T: ...
 
     def shutdown(self) -> None: ...
 
 
 def build_runtime(cfg: RuntimeConfig) -> Runtime:
+    if cfg.kind == "ray":
+        from tutorloop.runtime.ray import RayRuntime
+
+        return RayRuntime(cfg)
     from tutorloop.runtime.local import LocalRuntime
 
     return LocalRuntime()

@@ -9,6 +9,8 @@ T = TypeVar("T")
 
 
 class LocalRuntime:
+    retryable_errors: tuple[type[BaseException], ...] = ()  # nothing restarts in one process
+
     def spawn(self, cls: type[T], /, *args: Any, resources: Any = None, **kwargs: Any) -> T:
         return cls(*args, **kwargs)
 

@@ -12,11 +12,18 @@ def build_trainer(runtime: Any, cfg: RunConfig) -> Trainer:
     from tutorloop.trainers.online import OnlineTrainer
 
     t = cfg.trainer
-    return runtime.spawn(OnlineTrainer, cfg.agents["student"].model, resources=t.resources, weights=t.weights,
-                         lr=t.lr, weight_decay=t.weight_decay, lora=lora_kwargs(cfg), dpo_beta=t.dpo_beta,
-                         opd_form=t.opd.form, opd_beta=t.opd.beta, opd_temperature=t.opd.temperature,
-                         micro_batch_size=t.micro_batch_size, max_grad_norm=t.max_grad_norm,
-                         max_seq_len=t.max_seq_len, dtype=t.dtype, seed=cfg.seed)
+    kwargs = dict(weights=t.weights, lr=t.lr, weight_decay=t.weight_decay, lora=lora_kwargs(cfg), dpo_beta=t.dpo_beta,
+                  opd_form=t.opd.form, opd_beta=t.opd.beta, opd_temperature=t.opd.temperature,
+                  micro_batch_size=t.micro_batch_size, max_grad_norm=t.max_grad_norm, max_seq_len=t.max_seq_len,
+                  dtype=t.dtype, seed=cfg.seed, trust_remote_code=cfg.agents[cfg.trainable].trust_remote_code)
+    model = cfg.agents[cfg.trainable].model
+    if t.resources.replicas == 1:
+        return runtime.spawn(OnlineTrainer, model, resources=t.resources, **kwargs)
+    from tutorloop.trainers.data_parallel import DataParallelTrainer
+
+    one = t.resources.model_copy(update={"replicas": 1})
+    return DataParallelTrainer([runtime.spawn(OnlineTrainer, model, resources=one, world_size=t.resources.replicas,
+                                              **kwargs) for _ in range(t.resources.replicas)])
 
 
 def lora_kwargs(cfg: RunConfig) -> dict[str, Any] | None:

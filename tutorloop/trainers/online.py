@@ -18,9 +18,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from tutorloop.errors import UserError
 from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, resolve_model
-from tutorloop.trainers import losses
+from tutorloop.trainers import data_parallel, losses
 from tutorloop.trainers.batching import Encoded, chunks, encode_opd, encode_text, right_aligned
+from tutorloop.trainers.weight_sync import PackedWeights, pack
 from tutorloop.types import OPDExample, PreferencePair, SFTExample, TrainBatch
 
 
@@ -28,11 +30,13 @@ class OnlineTrainer:
     def __init__(self, model: str, *, weights: dict[str, float], lr: float, weight_decay: float = 0.0,
                  lora: dict[str, Any] | None = None, dpo_beta: float = 0.1, opd_form: str = "jsd",
                  opd_beta: float = 0.5, opd_temperature: float = 1.0, micro_batch_size: int = 8,
-                 max_grad_norm: float = 1.0, max_seq_len: int = 768, dtype: str = "float32", seed: int = 0) -> None:
+                 max_grad_norm: float = 1.0, max_seq_len: int = 768, dtype: str = "float32", seed: int = 0,
+                 world_size: int = 1, trust_remote_code: bool = False) -> None:
+        """world_size > 1: one of several data-parallel workers; `join` them before the first step."""
         torch.manual_seed(seed)
         path = resolve_model(model)
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_causal_lm(path, dtype)
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(path, dtype, trust_remote_code=trust_remote_code)
         self.reference: Any = None
         if lora is not None:
             from peft import LoraConfig, get_peft_model
@@ -46,8 +50,10 @@ class OnlineTrainer:
         self.micro_batch_size, self.max_grad_norm, self.max_seq_len = micro_batch_size, max_grad_norm, max_seq_len
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.version = 0
-        self.objectives: dict[str, Callable[[Sequence[Any], float], dict[str, float]]] = {
+        self.version, self.world_size = 0, world_size
+        self.encoders: dict[str, Callable[[Sequence[Any]], list[Any]]] = {
+            "sft": self._encode_sft, "dpo": self._encode_dpo, "opd": self._encode_opd}
+        self.objectives: dict[str, Callable[..., dict[str, float]]] = {
             "sft": self._sft, "dpo": self._dpo, "opd": self._opd}
 
     async def step(self, batch: TrainBatch) -> dict[str, float]:
@@ -55,43 +61,62 @@ class OnlineTrainer:
         began = time.perf_counter()
         self.model.train()
         metrics = self.accumulate(batch)
-        if not any(k.endswith("/units") for k in metrics):
+        if not any(v for k, v in metrics.items() if k.endswith("/units")):
             return metrics | {"train/skipped_empty": 1.0}
+        if self.world_size > 1:
+            metrics = data_parallel.reduce(self.params, metrics)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
-        if math.isfinite(grad_norm):
+        # A NaN or inf anywhere would poison AdamW's moments for good: skip the whole step instead.
+        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for k, v in metrics.items() if k.startswith("loss/"))
+        if finite:
             self.optimizer.step()
             self.version += 1
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - began
         tokens = sum(v for k, v in metrics.items() if k.endswith("/tokens"))
-        return metrics | {"train/grad_norm": grad_norm, "train/nonfinite_skipped": float(not math.isfinite(grad_norm)),
+        return metrics | {"train/grad_norm": grad_norm, "train/nonfinite_skipped": float(not finite),
                           "train/seconds": seconds, "train/tokens_per_s": tokens / max(seconds, 1e-9),
                           "policy_version": float(self.version)}
 
     def accumulate(self, batch: TrainBatch) -> dict[str, float]:
-        """Forward and backward every objective with a positive weight; gradients stay in `.grad`."""
+        """Forward and backward every objective with a positive weight; gradients stay in `.grad`.
+        Each objective is divided by its unit count over the whole step (all workers)."""
+        active = [name for name, w in self.objective_weights.items() if w > 0]
+        encoded = {name: self.encoders[name](getattr(batch, name)) for name in active}
+        units = {name: _unit_count(name, encoded[name]) for name in active}
+        if self.world_size > 1:
+            units = data_parallel.sum_counts(units)
         metrics: dict[str, float] = {}
-        for name, run in self.objectives.items():
-            examples = getattr(batch, name)
-            if self.objective_weights.get(name, 0.0) > 0 and examples:
-                metrics |= run(examples, self.objective_weights[name])
+        for name in active:
+            if encoded[name]:
+                metrics |= self.objectives[name](getattr(batch, name), encoded[name],
+                                                 self.objective_weights[name], units[name])
+            metrics[f"{name}/units"] = units[name]
         return metrics
 
-    def _sft(self, examples: Sequence[SFTExample], weight: float) -> dict[str, float]:
-        encoded = [encode_text(self.tokenizer, e.prompt, e.completion, self.max_seq_len) for e in examples]
-        units = sum(len(target) for _, target in encoded)
+    def _encode_sft(self, examples: Sequence[SFTExample]) -> list[Encoded]:
+        return [encode_text(self.tokenizer, e.prompt, e.completion, self.max_seq_len) for e in examples]
+
+    def _encode_dpo(self, pairs: Sequence[PreferencePair]) -> list[tuple[Encoded, Encoded]]:
+        return [(encode_text(self.tokenizer, p.prompt, p.chosen, self.max_seq_len),
+                 encode_text(self.tokenizer, p.prompt, p.rejected, self.max_seq_len)) for p in pairs]
+
+    def _encode_opd(self, examples: Sequence[OPDExample]) -> list[Encoded]:
+        return [encode_opd(self.tokenizer, e, self.max_seq_len) for e in examples]
+
+    def _sft(self, examples: Sequence[SFTExample], encoded: list[Encoded], weight: float,
+             units: int) -> dict[str, float]:
         total = 0.0
         for chunk in chunks(encoded, self.micro_batch_size):
             logits, labels, mask = self._forward(chunk)
             loss_sum = losses.sft_nll_sum(losses.token_logprobs(logits, labels), mask)
             (weight * loss_sum / units).backward()
             total += float(loss_sum.detach())
-        return {"loss/sft": total / units, "sft/units": units, "sft/tokens": units, "sft/examples": len(examples)}
+        tokens = sum(len(target) for _, target in encoded)
+        return {"loss/sft": total / units, "sft/tokens": tokens, "sft/examples": len(examples)}
 
-    def _dpo(self, pairs: Sequence[PreferencePair], weight: float) -> dict[str, float]:
-        encoded = [(encode_text(self.tokenizer, p.prompt, p.chosen, self.max_seq_len),
-                    encode_text(self.tokenizer, p.prompt, p.rejected, self.max_seq_len)) for p in pairs]
-        units = len(encoded)
+    def _dpo(self, pairs: Sequence[PreferencePair], encoded: list[tuple[Encoded, Encoded]], weight: float,
+             units: int) -> dict[str, float]:
         sums = dict.fromkeys(("loss", "margin", "accuracy", "chosen_logp", "rejected_logp"), 0.0)
         for chunk in chunks(encoded, max(1, self.micro_batch_size // 2)):
             rows = [c for c, _ in chunk] + [r for _, r in chunk]  # chosen then rejected, one forward
@@ -111,11 +136,10 @@ class OnlineTrainer:
             sums["rejected_logp"] += float(policy_B[n:].sum())
         tokens = sum(len(c[1]) + len(r[1]) for c, r in encoded)
         return {"loss/dpo": sums.pop("loss") / units, **{f"dpo/{k}": v / units for k, v in sums.items()},
-                "dpo/units": units, "dpo/tokens": tokens}
+                "dpo/tokens": tokens}
 
-    def _opd(self, examples: Sequence[OPDExample], weight: float) -> dict[str, float]:
-        encoded = [encode_opd(self.tokenizer, e, self.max_seq_len) for e in examples]
-        units = sum(len(target) for _, target in encoded)
+    def _opd(self, examples: Sequence[OPDExample], encoded: list[Encoded], weight: float,
+             units: int) -> dict[str, float]:
         loss_total = kl_total = 0.0
         for chunk_idx in chunks(list(range(len(examples))), self.micro_batch_size):
             chunk = [encoded[i] for i in chunk_idx]
@@ -132,8 +156,9 @@ class OnlineTrainer:
             loss_total += float(loss_sum.detach())
             # k1 estimate of KL(student || teacher) on the student's own samples, for logging.
             kl_total += float(((student_logp.detach() - teacher["logp"]) * mask).sum())
-        return {"loss/opd": loss_total / units, "kl/teacher_student": kl_total / units, "opd/units": units,
-                "opd/tokens": units, "opd/examples": len(examples)}
+        tokens = sum(len(target) for _, target in encoded)
+        return {"loss/opd": loss_total / units, "kl/teacher_student": kl_total / units, "opd/tokens": tokens,
+                "opd/examples": len(examples)}
 
     def _forward(self, chunk: Sequence[Encoded], model: Any = None) -> tuple[torch.Tensor, ...]:
         contexts, targets = zip(*chunk)
@@ -152,20 +177,50 @@ class OnlineTrainer:
         else:
             yield self.reference
 
-    async def weights(self) -> tuple[int, list[tuple[str, torch.Tensor]]]:
-        """(version, tensors) for the student's generator: the adapter only with LoRA."""
+    async def weights(self) -> tuple[int, PackedWeights]:
+        """(version, packed tensors) for the student's generator: the adapter only with LoRA."""
         if self.lora:
             from peft import get_peft_model_state_dict
 
             state = get_peft_model_state_dict(self.model)
         else:
             state = self.model.state_dict()
-        return self.version, [(name, tensor.detach()) for name, tensor in state.items()]
+        return self.version, pack(state.items())
+
+    async def rendezvous(self) -> tuple[str, int, str]:
+        """(host, free port, node id) where worker 0 can host the process group."""
+        return data_parallel.rendezvous()
+
+    async def join(self, url: str, rank: int, loopback: bool) -> None:
+        """Enter the data-parallel group (gloo on CPU, nccl on GPU) as `rank`."""
+        data_parallel.join(url, rank, self.world_size, loopback=loopback)
+        data_parallel.broadcast_params(self.model)  # all start from worker 0's init (LoRA A is random)
+
+    async def checkpoint_state(self) -> dict[str, Any]:
+        """What training needs to continue exactly: trainable tensors by name, optimizer state, version."""
+        weights = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+        return {"weights": weights, "optimizer": self.optimizer.state_dict(), "version": self.version}
+
+    async def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        if params.keys() != state["weights"].keys():
+            raise UserError(f"the checkpoint's trainable tensors do not match this student "
+                            f"(e.g. {sorted(params.keys() ^ state['weights'].keys())[:2]})")
+        with torch.no_grad():
+            for name, tensor in state["weights"].items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = state["version"]
 
     async def save(self, path: str) -> None:
         """HF / peft format: safetensors weights (or the adapter) plus the tokenizer."""
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+
+
+def _unit_count(name: str, encoded: list[Any]) -> int:
+    """Tokens for SFT and OPD, pairs for DPO."""
+    return len(encoded) if name == "dpo" else sum(len(target) for _, target in encoded)
 
 
 def _teacher_tensors(examples: Sequence[OPDExample], lengths: Sequence[int], width: int,

@@ -6,9 +6,10 @@ log-probs describe a policy that no longer exists."""
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import asdict
 from typing import Any
 
-from tutorloop.types import TrainBatch
+from tutorloop.types import OPDExample, PreferencePair, SFTExample, TokenScores, TrainBatch
 
 KINDS = ("sft", "dpo", "opd")
 
@@ -38,3 +39,34 @@ class LessonBuffer:
 
     def sizes(self) -> dict[str, int]:
         return {kind: len(queue) for kind, queue in self.queues.items()}
+
+    def state(self) -> dict[str, Any]:
+        """The waiting lessons as JSON-ready data, for checkpoints. Floats survive JSON exactly."""
+        return {"dropped_stale": self.dropped_stale,
+                "queues": {kind: [[version, asdict(item)] for version, item in queue]
+                           for kind, queue in self.queues.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.dropped_stale = state["dropped_stale"]
+        for kind, rows in state["queues"].items():
+            self.queues[kind] = deque(((version, RECORDS[kind](item)) for version, item in rows),
+                                      maxlen=self.queues[kind].maxlen)
+
+
+def _messages(rows: list[dict[str, str]]) -> tuple[dict[str, str], ...]:
+    return tuple(dict(m) for m in rows)
+
+
+def _opd(row: dict[str, Any]) -> OPDExample:
+    t = row["teacher"]
+    teacher = TokenScores(logprobs=tuple(t["logprobs"]), topk_ids=tuple(map(tuple, t["topk_ids"])),
+                          topk_logprobs=tuple(map(tuple, t["topk_logprobs"])))
+    return OPDExample(**row | {"prompt": _messages(row["prompt"]), "completion_ids": tuple(row["completion_ids"]),
+                               "behavior_logprobs": tuple(row["behavior_logprobs"]), "teacher": teacher})
+
+
+RECORDS = {  # JSON rows (as `state` writes them) back to the frozen lesson records
+    "sft": lambda row: SFTExample(**row | {"prompt": _messages(row["prompt"])}),
+    "dpo": lambda row: PreferencePair(**row | {"prompt": _messages(row["prompt"])}),
+    "opd": _opd,
+}

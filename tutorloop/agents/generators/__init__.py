@@ -1,5 +1,5 @@
-"""Generation backends by name. One plain dict of import paths keeps optional backends (vLLM,
-later) out of the import path until chosen (verl `_ROLLOUT_REGISTRY`)."""
+"""Generation backends by name. One plain dict of import paths keeps optional backends (vLLM) out of
+the import path until chosen (verl `_ROLLOUT_REGISTRY`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 GENERATORS = {
     "hf": "tutorloop.agents.generators.hf:HFGenerator",
+    "vllm": "tutorloop.agents.generators.vllm:VLLMGenerator",  # needs the [vllm] extra and a GPU
+    "openai": "tutorloop.agents.generators.openai:OpenAIGenerator",
     "scripted": "tutorloop.agents.generators.scripted:ScriptedGenerator",
 }
 

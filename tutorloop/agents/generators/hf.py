@@ -54,11 +54,12 @@ class Coalescer:
 
 class HFGenerator:
     def __init__(self, model: str, *, dtype: str = "float32", max_batch_size: int = 32,
-                 lora: dict[str, Any] | None = None, adapter: str | None = None, seed: int = 0) -> None:
+                 lora: dict[str, Any] | None = None, adapter: str | None = None, seed: int = 0,
+                 trust_remote_code: bool = False) -> None:
         """lora: adapter layout to receive synced weights into; adapter: a saved peft adapter to load."""
         path = resolve_model(model)
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_causal_lm(path, dtype).eval()
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(path, dtype, trust_remote_code=trust_remote_code).eval()
         if lora is not None and adapter is None:  # the trainer's adapter layout, so synced tensors load by name
             from peft import LoraConfig, get_peft_model
 
@@ -82,10 +83,13 @@ class HFGenerator:
         contexts = [render_prompt_ids(self.tokenizer, p) for p in prompts]
         return await self.coalescer.submit(("score", top_k), list(zip(contexts, map(tuple, target_ids))))
 
-    async def load_weights(self, named_tensors: Iterable[tuple[str, Any]], version: int) -> None:
+    async def load_weights(self, weights: Any, version: int) -> None:
+        """Copy new weights in: `PackedWeights` from the trainer, or (name, tensor) pairs."""
         import torch
 
-        tensors = dict(named_tensors)
+        from tutorloop.trainers.weight_sync import as_named_tensors
+
+        tensors = dict(as_named_tensors(weights))
         if hasattr(self.model, "peft_config"):
             from peft import set_peft_model_state_dict
 
@@ -104,6 +108,12 @@ class HFGenerator:
         counters = dict(self.counters)
         self.counters = dict.fromkeys(self.counters, 0.0)
         return counters
+
+    async def sampling_state(self) -> dict[str, int]:
+        return {"calls": self.calls}  # each batch reseeds torch from (seed, calls): this is the whole stream
+
+    async def load_sampling_state(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])
 
     def _run(self, key: tuple[str, Any], items: list[Any]) -> list[Any]:
         kind, arg = key

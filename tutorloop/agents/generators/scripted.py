@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from tutorloop.errors import UserError
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
@@ -25,8 +25,14 @@ class ScriptedGenerator:
                     top_k: int) -> list[TokenScores]:
         raise UserError("a scripted generator cannot score tokens; use a model generator for OPD")
 
-    async def load_weights(self, named_tensors: Iterable[tuple[str, object]], version: int) -> None:
+    async def load_weights(self, weights: object, version: int) -> None:
         self.version = version
 
     async def stats(self) -> dict[str, float]:
         return {}
+
+    async def sampling_state(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    async def load_sampling_state(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])

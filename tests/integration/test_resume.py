@@ -1,0 +1,113 @@
+"""Kill a run with SIGKILL at a random moment and run it again: it continues from its last
+checkpoint, loses at most one round, writes each round's metrics once, keeps its W&B run id, and
+ends with the same student weights, bit for bit, as a run that was never interrupted.
+
+Exactness holds because everything a round draws from is restored: the trainer's tensors and
+AdamW moments, the lesson buffer, the policy version, each generator's seeded call counter (every
+generate call reseeds torch from it), and the python / numpy / torch RNG states. Set
+TUTORLOOP_KILL_SEED to replay a given kill point.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = 4
+TIMING = ("round/seconds", "round/episode_seconds", "train/seconds", "train/tokens_per_s")
+
+
+def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str = "disabled") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+name: {name}
+run_dir: {tmp_path / name}
+agents:
+  student: {{model: {student}, sampling: {{max_new_tokens: 10}}}}
+  teacher: {{model: {teacher}, num_candidates: 2, sampling: {{max_new_tokens: 10}}}}
+  mentor: {{model: {teacher}, sampling: {{max_new_tokens: 6}}}}
+tasks: {{num_train: 24, num_eval: 3}}
+trainer: {{lr: 0.01, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}, opd: {{top_k: 4}}}}
+loop: {{rounds: {ROUNDS}, problems_per_round: 3}}
+eval: {{before: true, after: false, max_new_tokens: 6}}
+checkpoint: {{every: 1, keep: 2}}
+log: {{console: false, wandb: {{mode: {wandb}}}}}
+""")
+    return str(path)
+
+
+def _tutorloop(*args: str) -> subprocess.Popen:
+    env = os.environ | {"WANDB_SILENT": "true"}
+    return subprocess.Popen([sys.executable, "-m", "tutorloop.cli", "run", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+
+def _finish(process: subprocess.Popen) -> None:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+
+
+def _checkpoints(run_dir: Path) -> list[int]:
+    root = run_dir / "checkpoints"
+    return sorted(int(p.name.removeprefix("round-")) for p in root.glob("round-*")) if root.exists() else []
+
+
+def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    from safetensors.torch import load_file
+
+    seed = int(os.environ.get("TUTORLOOP_KILL_SEED", random.SystemRandom().randrange(2**31)))
+    rng = random.Random(seed)
+    reference = tmp_path / "reference"
+    _finish(_tutorloop(_config(tmp_path, "reference", tiny_lm_dir, tiny_teacher_dir)))
+    expected_rows = _rows(reference)
+    round_seconds = sum(r["round/seconds"] for r in expected_rows) / len(expected_rows)
+
+    victim = tmp_path / "victim"
+    config = _config(tmp_path, "victim", tiny_lm_dir, tiny_teacher_dir, wandb="offline")
+    process = _tutorloop(config)
+    after_rows = rng.randrange(ROUNDS)  # kill once this many rounds are logged, plus a random fraction of one
+    deadline = time.monotonic() + 120
+    while len(_rows(victim)) < after_rows or not (victim / "metrics.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "run ended before the kill point"
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 1.5 * round_seconds))
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    logged, saved = len(_rows(victim)), _checkpoints(victim)
+    done = saved[-1] if saved else 0
+    where = f"kill seed {seed}: {logged} rounds logged, checkpoints {saved}"
+    assert logged - done <= 1, f"more than one round lost ({where})"
+
+    began = time.monotonic()
+    _finish(_tutorloop(config, "--resume") if saved else _tutorloop(config))
+    print(f"\n{where}; resume took {time.monotonic() - began:.1f} s")
+
+    rows = _rows(victim)
+    assert [r["round"] for r in rows] == list(range(ROUNDS)), where  # each round once, in order
+    for got, want in zip(rows, expected_rows):  # every round computed the same numbers
+        assert {k: v for k, v in got.items() if k not in TIMING and not k.startswith("gen/")} == \
+               {k: v for k, v in want.items() if k not in TIMING and not k.startswith("gen/")}, where
+    a = load_file(victim / "student" / "adapter_model.safetensors")
+    b = load_file(reference / "student" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"weights differ ({where})"
+    runs = {p.name.rsplit("-", 1)[-1] for p in (victim / "wandb").glob("offline-run-*")}
+    if saved:  # a run killed before its first checkpoint starts afresh, under a new W&B id
+        assert len(runs) == 1, f"the resumed run started a new W&B run: {runs} ({where})"
+    episodes = [json.loads(line)["round"] for line in (victim / "episodes.jsonl").read_text().splitlines()]
+    assert episodes == sorted(episodes) and len(episodes) == 3 * ROUNDS

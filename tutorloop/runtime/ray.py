@@ -1,0 +1,126 @@
+"""RayRuntime: each role replica and the trainer in its own Ray actor; the only module that imports ray.
+
+Classes stay plain Python: `ray.remote(cls)` is applied here, at spawn time, with resources from
+config (never in class decorators). `spawn` returns a proxy on which `await proxy.method(...)`
+works exactly as on the object itself, because Ray object refs are awaitable. So `loop.run` is the
+same code on both runtimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, TypeVar
+
+from tutorloop.config import Resources, RuntimeConfig
+from tutorloop.errors import UserError
+
+T = TypeVar("T")
+BROADCAST = frozenset({"load_weights", "sleep", "wake"})
+"""Methods every replica must receive (weights, memory state); all others go to one replica."""
+MERGED = frozenset({"stats"})
+"""Methods whose per-replica dict results are summed."""
+
+
+class RayRuntime:
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        import ray
+
+        self.owns_ray = not ray.is_initialized()
+        if self.owns_ray:
+            _init_ray(cfg)
+        self.threads = cfg.threads_per_actor or os.cpu_count() or 1
+        self.max_restarts = cfg.max_restarts
+        self.actors: list[Any] = []
+        self.placement_groups: list[Any] = []
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        self.retryable_errors = (RayActorError, ActorUnavailableError)
+
+    def spawn(self, cls: type[T], /, *args: Any, resources: Resources, **kwargs: Any) -> T:
+        """`resources.replicas` actors of `cls`, behind one proxy."""
+        options = self._options(resources)
+        handles = [_remote(cls).options(**opts).remote(*args, **kwargs) for opts in options]
+        self.actors += handles
+        return RayProxy(cls, handles)  # type: ignore[return-value]
+
+    def _options(self, resources: Resources) -> list[dict[str, Any]]:
+        base = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "resources": dict(resources.custom) or None,
+                "max_restarts": self.max_restarts, "max_concurrency": 64,
+                # Ray would cap torch at the actor's CPU share (1 thread for cpus <= 1); roles take
+                # turns, so each may use every core while it works.
+                "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false",
+                                             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}}
+        if not resources.placement_group:
+            return [dict(base) for _ in range(resources.replicas)]
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = {"CPU": resources.cpus, "GPU": resources.gpus, **resources.custom}
+        group = placement_group([{k: v for k, v in bundle.items() if v}] * resources.replicas, strategy="PACK")
+        self.placement_groups.append(group)
+        return [base | {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)}
+                for i in range(resources.replicas)]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for handle in self.actors:
+            ray.kill(handle, no_restart=True)
+        self.actors = []
+        if self.owns_ray:
+            ray.shutdown()
+
+
+class RayProxy:
+    """Looks like an instance of `cls`: a method call returns an awaitable, a class constant
+    (`role`, `trainable`) is read from the class. With several replicas, calls go round-robin,
+    except weight loads and sleep/wake, which every replica receives."""
+
+    def __init__(self, cls: type, handles: list[Any]) -> None:
+        self._cls, self._handles, self._turn = cls, handles, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cls, name)
+        if not callable(attr):
+            return attr
+        if name in BROADCAST or name in MERGED:
+            return lambda *a, **k: self._all(name, a, k)
+        self._turn = (self._turn + 1) % len(self._handles)
+        handle = self._handles[self._turn]
+        return lambda *a, **k: getattr(handle, name).remote(*a, **k)
+
+    async def _all(self, name: str, args: tuple, kwargs: dict) -> Any:
+        results = await asyncio.gather(*(getattr(h, name).remote(*args, **kwargs) for h in self._handles))
+        if name in MERGED:
+            return {key: sum(r.get(key, 0.0) for r in results) for key in results[0]}
+        return results[0]
+
+    @property
+    def handles(self) -> list[Any]:
+        return list(self._handles)
+
+
+_REMOTE: dict[type, Any] = {}
+
+
+def _remote(cls: type) -> Any:
+    import ray
+
+    if cls not in _REMOTE:
+        _REMOTE[cls] = ray.remote(cls)
+    return _REMOTE[cls]
+
+
+def _init_ray(cfg: RuntimeConfig) -> None:
+    import ray
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
+                              "namespace": "tutorloop"}
+    if cfg.address is None:
+        kwargs["num_cpus"] = cfg.num_cpus
+    try:
+        ray.init(address=cfg.address, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        where = cfg.address or "this machine"
+        raise UserError(f"runtime.address: Ray is not reachable at '{where}' ({str(exc).splitlines()[0]})") from None
