@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read once, when transformers is imported
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]

@@ -58,7 +58,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
         metrics = await trainer.step(batch)
         version = await sync_weights(trainer, generators["student"])  # next round samples the new policy
         metrics |= await generation_metrics(generators) | {"buffer/dropped_stale": float(buffer.dropped_stale)}
-        timing = {"round/seconds": time.perf_counter() - began, "round/episode_seconds": episode_seconds}
+        timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
         log.write(r, episode_metrics(episodes_P) | metrics | timing, episodes_P)
         progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
@@ -119,13 +119,22 @@ async def evaluate(generator: Any, tasks: Any, cfg: RunConfig, when: str, log: R
 
 
 async def generation_metrics(generators: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"round/model_seconds": 0.0}
     for role, generator in generators.items():
-        stats = await generator.stats()
+        stats = await generator.stats()  # a generator shared by two roles reports once, then zeros
+        out["round/model_seconds"] += stats.get("gen_seconds", 0.0) + stats.get("score_seconds", 0.0)
         if stats.get("gen_seconds"):
             out[f"gen/{role}_tokens_per_s"] = stats["gen_tokens"] / stats["gen_seconds"]
             out[f"gen/{role}_tokens"] = stats["gen_tokens"]
     return out
+
+
+def round_timing(seconds: float, episode_seconds: float, metrics: dict[str, float]) -> dict[str, float]:
+    """Round time, and the share of it spent outside model work (generation, scoring, the train
+    step): batching waits, Python, and on Ray the actor calls and transfers."""
+    model = metrics.get("round/model_seconds", 0.0) + metrics.get("train/seconds", 0.0)
+    return {"round/seconds": seconds, "round/episode_seconds": episode_seconds,
+            "round/overhead_share": max(0.0, 1.0 - model / seconds) if seconds else 0.0}
 
 
 def prepare_run_dir(path: str) -> Path:

@@ -78,7 +78,7 @@ def test_scores_match_the_hf_generator(engine, student_dir):
 
 def test_stop_regex_and_stats(engine):
     outs = run(engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=40, stop_regex=r"\d")))
-    assert all(o.finish_reason == "length" or (o.text and o.text[-1].isdigit()) for o in outs)
+    assert all(not any(ch.isdigit() for ch in o.text[:-1]) for o in outs)  # cut at the first digit, if any
     assert run(engine.stats())["gen_tokens"] > 0
 
 

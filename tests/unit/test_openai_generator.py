@@ -62,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.server.seen.append(("GET", self.path, None, self.headers.get("Authorization")))
+        if self.server.mode == "gateway":  # a proxy that answers every unknown path with a page
+            return self._send(200, "<html>welcome</html>")
         if self.path == "/version" and self.server.mode != "hosted":
             return self._send(200, {"version": "0.33.0"})
         self._send(404, {"detail": "Not Found"})
@@ -72,9 +74,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.key and self.headers.get("Authorization") != f"Bearer {self.server.key}":
             return self._send(401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
         route = {"/v1/chat/completions": self._chat, "/tokenize": self._tokenize, "/v1/completions": self._complete}
-        if self.path not in route or (self.server.mode == "hosted" and self.path == "/tokenize"):
+        hosted = self.server.mode in ("hosted", "gateway")
+        if self.path not in route or (hosted and self.path == "/tokenize"):
             return self._send(404, {"detail": "Not Found"})
-        if self.server.mode == "hosted" and (unknown := set(body) - OPENAI_FIELDS - {"prompt", "max_tokens"}):
+        if hosted and (unknown := set(body) - OPENAI_FIELDS - {"prompt", "max_tokens"}):
             message = f"Unrecognized request argument supplied: {sorted(unknown)[0]}"
             return self._send(400, {"error": {"message": message}})
         route[self.path](body)
@@ -125,7 +128,7 @@ class Handler(BaseHTTPRequestHandler):
                          "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": 0}})
 
     def _send(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
+        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -161,6 +164,7 @@ def test_generate_from_vllm_returns_ids_and_logprobs(server):
     (_, path, body, _) = [s for s in server.seen if s[1] == "/v1/chat/completions"][0]
     assert body["messages"] == list(PROMPT) and body["n"] == 2 and body["max_completion_tokens"] == 400
     assert body["logprobs"] is True and body["return_token_ids"] is True and body["model"] == "teacher-7b"
+    assert body["seed"] == 2 * 1_000_003 + 1 and asyncio.run(gen.sampling_state()) == {"calls": 1}
     stats = asyncio.run(gen.stats())
     assert stats["gen_tokens"] == 2 * len(REPLY) and stats["gen_seconds"] > 0
 
@@ -174,8 +178,9 @@ def test_stop_regex_cuts_tokens_and_text_together(server):
     assert short.finish_reason == "length" and short.text == REPLY[:5]
 
 
-def test_hosted_api_gets_plain_requests_and_gives_text_only(server):
-    server.mode = "hosted"
+@pytest.mark.parametrize("mode", ["hosted", "gateway"])
+def test_hosted_api_gets_plain_requests_and_gives_text_only(server, mode):
+    server.mode = mode
     (out,) = asyncio.run(make(server).generate([PROMPT], SamplingParams(max_new_tokens=400, stop_regex=ANSWER_STOP)))
     assert out.text == "Mistake: 4 + 4 is 8. The answer is: 8." and out.token_ids == () and out.logprobs == ()
     body = [s[2] for s in server.seen if s[1] == "/v1/chat/completions"][0]

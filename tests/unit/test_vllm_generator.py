@@ -265,12 +265,17 @@ def test_full_weight_sync_reloads_every_worker_and_drops_the_prefix_cache(tokeni
     import torch
 
     gen, llm = make(tokenizer_dir, tiny_tokenizer)
-    asyncio.run(gen.load_weights([("model.embed_tokens.weight", torch.ones(2, 3))], version=3))
+    assert asyncio.run(gen.load_weights([("model.embed_tokens.weight", torch.ones(2, 3))], version=3)) == 3
     ((method, kwargs),) = llm.named("collective_rpc")
     assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
     assert [name for name, _ in kwargs["weights_iterator"]] == ["model.embed_tokens.weight"]
     assert [c for c, _ in llm.calls][-2:] == ["collective_rpc", "reset_prefix_cache"]
     assert asyncio.run(gen.generate(PROMPTS[:1], SamplingParams(max_new_tokens=3)))[0].policy_version == 3
+    from tutorloop.trainers.weight_sync import pack
+
+    asyncio.run(gen.load_weights(pack([("lm_head.weight", torch.full((2, 3), 2.0))]), version=4))  # as Ray sends it
+    (name, tensor), = llm.named("collective_rpc")[-1][1]["weights_iterator"]
+    assert name == "lm_head.weight" and torch.equal(tensor, torch.full((2, 3), 2.0))
 
 
 def test_lora_sync_serves_a_new_adapter_per_version(tokenizer_dir, tiny_tokenizer):
@@ -288,7 +293,7 @@ def test_lora_sync_serves_a_new_adapter_per_version(tokenizer_dir, tiny_tokenize
     assert torch.equal(load_file(adapter / "adapter_model.safetensors")[name], torch.full((8, 32), 0.5))
     outs = asyncio.run(gen.generate(PROMPTS[:1], SamplingParams(max_new_tokens=3)))
     assert llm.named("generate")[-1][2] == first and outs[0].policy_version == 1
-    asyncio.run(gen.load_weights([(name, torch.zeros(8, 32))], version=2))
+    assert asyncio.run(gen.load_weights((2, [(name, torch.zeros(8, 32))]))) == 2  # as Trainer.weights() gives it
     second = llm.named("add_lora")[-1]
     assert llm.named("remove_lora") == [first.lora_int_id] and second.lora_int_id != first.lora_int_id
     assert not adapter.exists() and Path(second.lora_path).is_dir()

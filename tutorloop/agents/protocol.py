@@ -22,9 +22,10 @@ class Generator(Protocol):
         """Teacher-forced log-probs (and top-k) of each target span under its own context."""
         ...
 
-    async def load_weights(self, weights: object, version: int) -> None:
-        """Take new policy weights, `PackedWeights` or (name, tensor) pairs (LoRA: adapter tensors
-        only); later samples carry `version`."""
+    async def load_weights(self, weights: object, version: int | None = None) -> int:
+        """Take new policy weights (LoRA: adapter tensors only): `PackedWeights` or (name, tensor)
+        pairs with their version, or a (version, weights) pair as `Trainer.weights()` returns it.
+        Later samples carry the version, which is returned."""
         ...
 
     async def stats(self) -> dict[str, float]:

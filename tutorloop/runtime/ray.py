@@ -16,8 +16,8 @@ from tutorloop.config import Resources, RuntimeConfig
 from tutorloop.errors import UserError
 
 T = TypeVar("T")
-BROADCAST = frozenset({"load_weights", "sleep", "wake"})
-"""Methods every replica must receive (weights, memory state); all others go to one replica."""
+BROADCAST = frozenset({"load_weights", "sleep", "wake", "load_sampling_state"})
+"""Methods every replica must receive (weights, memory and sampler state); all others go to one replica."""
 MERGED = frozenset({"stats"})
 """Methods whose per-replica dict results are summed."""
 

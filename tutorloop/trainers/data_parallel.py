@@ -46,6 +46,12 @@ class DataParallelTrainer:
     async def save(self, path: str) -> None:
         await self.workers[0].save(path)
 
+    async def checkpoint_state(self) -> dict[str, Any]:
+        return await self.workers[0].checkpoint_state()  # every worker took the same steps
+
+    async def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        await asyncio.gather(*(w.load_checkpoint_state(state) for w in self.workers))
+
 
 def shard(batch: TrainBatch, n: int) -> list[TrainBatch]:
     return [TrainBatch(sft=batch.sft[i::n], dpo=batch.dpo[i::n], opd=batch.opd[i::n]) for i in range(n)]

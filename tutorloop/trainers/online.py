@@ -179,13 +179,17 @@ class OnlineTrainer:
 
     async def weights(self) -> tuple[int, PackedWeights]:
         """(version, packed tensors) for the student's generator: the adapter only with LoRA."""
-        if self.lora:
-            from peft import get_peft_model_state_dict
+        self._packed = pack(self._sync_tensors(), reuse=getattr(self, "_packed", None))
+        return self.version, self._packed
 
-            state = get_peft_model_state_dict(self.model)
-        else:
-            state = self.model.state_dict()
-        return self.version, pack(state.items())
+    def _sync_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """LoRA: the adapter tensors named as peft's get_peft_model_state_dict names them (without
+        the adapter name), read straight from the parameters: that helper walks the whole state_dict
+        and costs ~80 ms per sync on SmolLM2. Full fine-tuning: the state_dict."""
+        if not self.lora:
+            return list(self.model.state_dict().items())
+        adapter = f".{self.model.active_adapter}"
+        return [(n.replace(adapter, ""), p.detach()) for n, p in self.model.named_parameters() if "lora_" in n]
 
     async def rendezvous(self) -> tuple[str, int, str]:
         """(host, free port, node id) where worker 0 can host the process group."""

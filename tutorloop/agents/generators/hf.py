@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, render_prompt_ids, resolve_model
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
@@ -83,26 +83,34 @@ class HFGenerator:
         contexts = [render_prompt_ids(self.tokenizer, p) for p in prompts]
         return await self.coalescer.submit(("score", top_k), list(zip(contexts, map(tuple, target_ids))))
 
-    async def load_weights(self, weights: Any, version: int) -> None:
-        """Copy new weights in: `PackedWeights` from the trainer, or (name, tensor) pairs."""
+    async def load_weights(self, weights: Any, version: int | None = None) -> int:
+        """Copy new weights in: `PackedWeights` or (name, tensor) pairs with their `version`, or the
+        (version, weights) pair exactly as `Trainer.weights()` returns it. Returns the version."""
         import torch
 
         from tutorloop.trainers.weight_sync import as_named_tensors
 
-        tensors = dict(as_named_tensors(weights))
-        if hasattr(self.model, "peft_config"):
-            from peft import set_peft_model_state_dict
-
-            result = set_peft_model_state_dict(self.model, tensors)
-            missing = [k for k in getattr(result, "unexpected_keys", [])]
-            if missing:
-                raise ValueError(f"adapter tensors not in the generator's model: {missing[:3]}")
-        else:
-            with torch.no_grad():
-                result = self.model.load_state_dict(tensors, strict=False)
-            if result.unexpected_keys:
-                raise ValueError(f"weights not in the generator's model: {result.unexpected_keys[:3]}")
+        if version is None:
+            version, weights = weights
+        targets = self._sync_targets()
+        named = as_named_tensors(weights)
+        if missing := [name for name, _ in named if name not in targets]:
+            raise ValueError(f"weights not in the generator's model: {missing[:3]}")
+        with torch.no_grad():  # one fused call instead of hundreds of small copies
+            torch._foreach_copy_([targets[name] for name, _ in named], [tensor for _, tensor in named])
         self.version = version
+        return version
+
+    def _sync_targets(self) -> dict[str, Any]:
+        """Tensors by the names the trainer sends: peft's adapter names without the adapter
+        ("...lora_A.weight", as get_peft_model_state_dict writes them), or the full state_dict."""
+        if not hasattr(self, "_targets"):
+            if hasattr(self.model, "peft_config"):
+                adapter = f".{self.model.active_adapter}"
+                self._targets = {n.replace(adapter, ""): p for n, p in self.model.named_parameters() if "lora_" in n}
+            else:
+                self._targets = dict(self.model.state_dict())
+        return self._targets
 
     async def stats(self) -> dict[str, float]:
         counters = dict(self.counters)

@@ -32,8 +32,8 @@ from tutorloop.errors import UserError
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 
 
-class EndpointStatusError(UserError):
-    """The endpoint answered with an HTTP error status."""
+class EndpointAnswerError(UserError):
+    """The endpoint answered, but with an HTTP error status or with a body that is not JSON."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -84,7 +84,7 @@ class OpenAIGenerator:
             raise self._cannot_score()
         return list(await asyncio.gather(*(self._score_one(p, list(t), top_k) for p, t in zip(prompts, target_ids))))
 
-    async def load_weights(self, weights: object, version: int) -> None:
+    async def load_weights(self, weights: object, version: int | None = None) -> int:
         raise UserError(f"endpoint {self.base_url} serves fixed weights; the student needs a model generator")
 
     async def stats(self) -> dict[str, float]:
@@ -127,7 +127,7 @@ class OpenAIGenerator:
             try:
                 info = await self._call("gen", "GET", f"{self.root}/version")
                 self.is_vllm = isinstance(info, dict) and "version" in info
-            except EndpointStatusError:
+            except EndpointAnswerError:
                 self.is_vllm = False
         return self.is_vllm
 
@@ -151,12 +151,12 @@ class OpenAIGenerator:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise EndpointStatusError(f"endpoint {url} answered HTTP {exc.code}: {_error_detail(exc)}",
+            raise EndpointAnswerError(f"endpoint {url} answered HTTP {exc.code}: {_error_detail(exc)}",
                                       exc.code) from None
         except (urllib.error.URLError, OSError) as exc:  # refused, unknown host, timed out
             raise UserError(f"endpoint {url} is not reachable: {_one_line(getattr(exc, 'reason', exc))}") from None
         except json.JSONDecodeError:
-            raise UserError(f"endpoint {url} did not answer with JSON") from None
+            raise EndpointAnswerError(f"endpoint {url} did not answer with JSON", 200) from None
 
     def _cannot_score(self) -> UserError:
         return UserError(f"endpoint {self.base_url} does not return prompt log-probs; it cannot score for OPD")

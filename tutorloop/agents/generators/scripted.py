@@ -25,8 +25,9 @@ class ScriptedGenerator:
                     top_k: int) -> list[TokenScores]:
         raise UserError("a scripted generator cannot score tokens; use a model generator for OPD")
 
-    async def load_weights(self, weights: object, version: int) -> None:
-        self.version = version
+    async def load_weights(self, weights: object, version: int | None = None) -> int:
+        self.version = weights[0] if version is None else version  # type: ignore[index]
+        return self.version
 
     async def stats(self) -> dict[str, float]:
         return {}

@@ -73,11 +73,14 @@ class VLLMGenerator:
         contexts = [render_prompt_ids(self.tokenizer, p) for p in prompts]
         return await self.coalescer.submit(("score", top_k), list(zip(contexts, map(tuple, target_ids))))
 
-    async def load_weights(self, weights: Any, version: int) -> None:
-        """`PackedWeights` or (name, tensor) pairs: the LoRA adapter when `lora` is set, else the
-        full model under HF parameter names."""
+    async def load_weights(self, weights: Any, version: int | None = None) -> int:
+        """`PackedWeights` or (name, tensor) pairs with their version, or the (version, weights) pair
+        of `Trainer.weights()`: the LoRA adapter when `lora` is set, else the full model under HF
+        parameter names. Returns the version."""
         from tutorloop.trainers.weight_sync import as_named_tensors
 
+        if version is None:
+            version, weights = weights
         await self.wake()
         tensors = [(name, tensor.detach().cpu()) for name, tensor in as_named_tensors(weights)]
         if self.lora is not None:
@@ -87,6 +90,7 @@ class VLLMGenerator:
                                     kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
             self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.version = version
+        return version
 
     async def sleep(self) -> None:
         """Offload the weights to CPU and drop the KV cache, so a trainer on this GPU can use it."""
