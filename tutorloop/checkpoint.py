@@ -18,6 +18,7 @@ JSON), so loading a checkpoint runs no code.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import os
 import random
@@ -32,8 +33,10 @@ from tutorloop.errors import UserError
 
 FORMAT = 1
 PREFIX = "round-"
-RESUMABLE = ("run_dir", "name", "loop.rounds", "eval", "log", "checkpoint")
-"""Config keys that may differ between a run and its continuation: none changes what a round computes."""
+RESUMABLE = ("run_dir", "name", "loop.rounds", "eval.*", "log.*", "checkpoint.*", "runtime.*",
+             "agents.*.resources.*", "trainer.resources.*")
+"""Config keys (fnmatch patterns) that may differ between a run and its continuation: where things run,
+what is logged and how long it goes on; none changes what a round computes from the saved state."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,10 @@ async def restore(checkpoint: Checkpoint, *, trainer: Any, generators: Mapping[s
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, except those in RESUMABLE."""
+    """Dotted keys whose values differ, except those RESUMABLE matches."""
     a, b = _flatten(saved), _flatten(now)
     return sorted(key for key in a.keys() | b.keys() if a.get(key, "<absent>") != b.get(key, "<absent>")
-                  and not any(key == p or key.startswith(p + ".") for p in RESUMABLE))
+                  and not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from test_cli import _config, _one_line_error
 
+from tutorloop.agents import check_models
 from tutorloop.cli import main
+from tutorloop.config import load_config
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +91,8 @@ def test_teacher_with_another_vocabulary_when_opd_is_on(tmp_path, capsys, tiny_l
     config = _config(tmp_path, tiny_lm_dir, teacher)
     err = _one_line_error(capsys, ["run", config])
     assert "agents.teacher.model: its tokenizer differs from agents.student.model's (260 vs 259 tokens)" in err
-    assert main(["run", config, "trainer.weights={sft: 1, dpo: 0.5, opd: 0}"]) == 0  # without a token-level objective it runs
+    without_opd = load_config(config, ["trainer.weights={sft: 1, dpo: 0.5, opd: 0}"])
+    check_models(without_opd, ("student", "teacher", "mentor"))  # no token-level objective: no objection
 
 
 def test_run_dir_that_is_a_file(tmp_path, capsys, tiny_lm_dir, tiny_teacher_dir):
@@ -131,13 +134,14 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_continues(tmp_path, cap
         real(*args)
 
     monkeypatch.setattr(checkpoint, "_save_optimizer", fills_up)
-    err = _one_line_error(capsys, ["run", config, "loop.rounds=3", "trainer.weights={sft: 1, dpo: 0.5, opd: 0}"])
+    overrides = ["loop.rounds=2", "trainer.weights={sft: 1, dpo: 0.5, opd: 0}"]
+    err = _one_line_error(capsys, ["run", config, *overrides])
     assert "cannot write checkpoint round-000002 (No space left on device)" in err
     run_dir = tmp_path / "run"
     assert _checkpoints(run_dir) == ["round-000001"] and [r["round"] for r in _rows(run_dir)] == [0, 1]
     monkeypatch.setattr(checkpoint, "_save_optimizer", real)  # space freed: the same command continues
-    assert main(["run", config, "loop.rounds=3", "trainer.weights={sft: 1, dpo: 0.5, opd: 0}"]) == 0
-    assert [r["round"] for r in _rows(run_dir)] == [0, 1, 2]
+    assert main(["run", config, *overrides]) == 0
+    assert [r["round"] for r in _rows(run_dir)] == [0, 1] and _checkpoints(run_dir) == ["round-000001", "round-000002"]
 
 
 def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path, capsys, monkeypatch, tiny_lm_dir, tiny_teacher_dir):

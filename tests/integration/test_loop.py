@@ -54,7 +54,9 @@ def test_three_rounds_change_the_student_and_not_the_teacher(tmp_path, tiny_lm_d
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["policy_version"] == r["round"] + 1 for r in rows)
-    assert {"loss/sft", "loss/dpo", "loss/opd", "kl/teacher_student", "episodes/first_try_acc"} <= rows[0].keys()
+    # Random byte-level models write undecodable bytes, which never become a DPO "rejected"
+    # (to_examples.py), so DPO's loss is covered by the trainer tests; here its count is logged.
+    assert {"loss/sft", "dpo/units", "loss/opd", "kl/teacher_student", "episodes/first_try_acc"} <= rows[0].keys()
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 12
     student_turns = [t for e in episodes for t in e["turns"] if t["role"] == "student"]

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tutorloop.cli import main
+
 pytestmark = pytest.mark.integration
 
-ROUNDS = 4
-TIMING = ("round/seconds", "round/episode_seconds", "train/seconds", "train/tokens_per_s")
+ROUNDS = 3
 
 
 def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str = "disabled") -> str:
@@ -32,12 +33,12 @@ def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str 
 name: {name}
 run_dir: {tmp_path / name}
 agents:
-  student: {{model: {student}, sampling: {{max_new_tokens: 10}}}}
-  teacher: {{model: {teacher}, num_candidates: 2, sampling: {{max_new_tokens: 10}}}}
+  student: {{model: {student}, sampling: {{max_new_tokens: 8}}}}
+  teacher: {{model: {teacher}, num_candidates: 2, sampling: {{max_new_tokens: 8}}}}
   mentor: {{model: {teacher}, sampling: {{max_new_tokens: 6}}}}
 tasks: {{num_train: 24, num_eval: 3}}
 trainer: {{lr: 0.01, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}, opd: {{top_k: 4}}}}
-loop: {{rounds: {ROUNDS}, problems_per_round: 3}}
+loop: {{rounds: {ROUNDS}, problems_per_round: 2}}
 eval: {{before: true, after: false, max_new_tokens: 6}}
 checkpoint: {{every: 1, keep: 2}}
 log: {{console: false, wandb: {{mode: {wandb}}}}}
@@ -58,6 +59,10 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
 
 
+def _untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith(("round/", "gen/")) and not k.endswith(("seconds", "_per_s"))}
+
+
 def _finish(process: subprocess.Popen) -> None:
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-2000:]
@@ -74,7 +79,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     seed = int(os.environ.get("TUTORLOOP_KILL_SEED", random.SystemRandom().randrange(2**31)))
     rng = random.Random(seed)
     reference = tmp_path / "reference"
-    _finish(_tutorloop(_config(tmp_path, "reference", tiny_lm_dir, tiny_teacher_dir)))
+    assert main(["run", _config(tmp_path, "reference", tiny_lm_dir, tiny_teacher_dir)]) == 0  # in-process: faster
     expected_rows = _rows(reference)
     round_seconds = sum(r["round/seconds"] for r in expected_rows) / len(expected_rows)
 
@@ -86,7 +91,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     while len(_rows(victim)) < after_rows or not (victim / "metrics.jsonl").exists():
         assert process.poll() is None and time.monotonic() < deadline, "run ended before the kill point"
         time.sleep(0.02)
-    time.sleep(rng.uniform(0, 1.5 * round_seconds))
+    time.sleep(rng.choice([0.0, rng.uniform(0, 1.5 * round_seconds)]))  # 0: most likely mid-checkpoint
     process.send_signal(signal.SIGKILL)
     process.communicate()
     logged, saved = len(_rows(victim)), _checkpoints(victim)
@@ -101,8 +106,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     rows = _rows(victim)
     assert [r["round"] for r in rows] == list(range(ROUNDS)), where  # each round once, in order
     for got, want in zip(rows, expected_rows):  # every round computed the same numbers
-        assert {k: v for k, v in got.items() if k not in TIMING and not k.startswith("gen/")} == \
-               {k: v for k, v in want.items() if k not in TIMING and not k.startswith("gen/")}, where
+        assert _untimed(got) == _untimed(want), where
     a = load_file(victim / "student" / "adapter_model.safetensors")
     b = load_file(reference / "student" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"weights differ ({where})"
@@ -110,4 +114,20 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     if saved:  # a run killed before its first checkpoint starts afresh, under a new W&B id
         assert len(runs) == 1, f"the resumed run started a new W&B run: {runs} ({where})"
     episodes = [json.loads(line)["round"] for line in (victim / "episodes.jsonl").read_text().splitlines()]
-    assert episodes == sorted(episodes) and len(episodes) == 3 * ROUNDS
+    assert episodes == sorted(episodes) and len(episodes) == 2 * ROUNDS
+
+
+def test_full_finetuning_run_extended_by_a_round_equals_a_longer_run(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    """Full fine-tuning checkpoints all weights and AdamW's moments; `loop.rounds` may grow between
+    two commands, so a finished run goes on where it ended."""
+    from safetensors.torch import load_file
+
+    full = ["trainer.lora=null", "trainer.weights={sft: 1, dpo: 0.5, opd: 0}", "eval.before=false", "loop.rounds=2"]
+    assert main(["run", _config(tmp_path, "longer", tiny_lm_dir, tiny_teacher_dir), *full]) == 0
+    extended = _config(tmp_path, "extended", tiny_lm_dir, tiny_teacher_dir)
+    assert main(["run", extended, *full[:-1], "loop.rounds=1"]) == 0
+    assert main(["run", extended, *full]) == 0
+    assert [r["round"] for r in _rows(tmp_path / "extended")] == [0, 1]
+    a = load_file(tmp_path / "longer" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "extended" / "student" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

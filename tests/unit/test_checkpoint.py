@@ -60,8 +60,9 @@ class CountingGenerator:
     async def load_sampling_state(self, state):
         self.calls = state["calls"]
 
-    async def load_weights(self, weights, version):
-        self.version = version
+    async def load_weights(self, weights, version=None):
+        self.version = weights[0] if version is None else version  # (version, weights) from Trainer.weights()
+        return self.version
 
 
 def _buffer():
@@ -157,6 +158,8 @@ def test_resume_with_a_changed_config_names_the_keys(tmp_path):
     more_rounds = CONFIG | {"run_dir": "elsewhere", "loop": {"rounds": 10, "problems_per_round": 2}}
     assert store.latest(more_rounds, required=True) is not None
     assert config_changes({"loop": {"rounds": 1, "buffer_size": 2}}, {"loop": {"rounds": 3}}) == ["loop.buffer_size"]
+    moved = {"runtime": {"kind": "ray", "address": "auto"}, "agents": {"student": {"resources": {"gpus": 1}}}}
+    assert config_changes({"runtime": {"kind": "local"}, "agents": {"student": {"resources": {"gpus": 0}}}}, moved) == []
 
 
 def test_resume_without_a_checkpoint_is_an_error_only_when_required(tmp_path):

@@ -88,10 +88,11 @@ TUTOR_SYSTEM = ("You are a patient math tutor talking with {name}, whose solutio
                 "Help {name} find the mistake: one short question or hint at a time. "
                 "Do not tell {name} the answer.")
 
-SIM_STUDENT_SYSTEM = ("{persona}\nYou are {name}. Problem: {problem}\nYour solution:\n{incorrect_solution}\n"
+SIM_STUDENT_SYSTEM = ("You are {name}, a student talking with your math teacher. {persona}\n"
+                      "Problem: {problem}\nYour solution:\n{incorrect_solution}\n"
                       "You believe your answer is right and defend it. Change your mind only after the "
                       "teacher asks several good questions that make you see the mistake. You never make "
-                      "calculation errors. Answer the teacher in one to three sentences.")
+                      "calculation errors. Reply to the teacher in one to three sentences.")
 
 TAGGER_SYSTEM = ("Label the tutor's last turn with one teaching move:\n"
                  "focus: points the student to a specific quantity, step or strategy.\n"
