@@ -66,3 +66,10 @@ def test_run_then_eval_the_saved_checkpoint(tmp_path, capsys, tiny_lm_dir, tiny_
     assert "eval accuracy:" in capsys.readouterr().out
     err = _one_line_error(capsys, ["eval", cfg, "--checkpoint", str(tmp_path / "nowhere")])
     assert "--checkpoint" in err
+
+
+def test_ray_not_reachable(tmp_path, capsys, tiny_lm_dir, tiny_teacher_dir):
+    pytest.importorskip("ray")
+    cfg = _config(tmp_path, tiny_lm_dir, tiny_teacher_dir)
+    err = _one_line_error(capsys, ["run", cfg, "runtime.kind=ray", "runtime.address=127.0.0.1:1"])
+    assert "runtime.address" in err and "127.0.0.1:1" in err

@@ -47,7 +47,9 @@ log: {{console: false, wandb: {{mode: {wandb}}}}}
 
 
 def _tutorloop(*args: str) -> subprocess.Popen:
-    env = os.environ | {"WANDB_SILENT": "true"}
+    # Each run gets its own W&B service: one inherited from this process (an earlier test's in-process
+    # W&B run sets WANDB_SERVICE) would outlive the killed run and still hold its run id.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_SILENT": "true"}
     return subprocess.Popen([sys.executable, "-m", "tutorloop.cli", "run", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -119,8 +119,22 @@ def _init_ray(cfg: RuntimeConfig) -> None:
                               "namespace": "tutorloop"}
     if cfg.address is None:
         kwargs["num_cpus"] = cfg.num_cpus
+    elif cfg.address != "auto":
+        _check_reachable(cfg.address)
     try:
         ray.init(address=cfg.address, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = cfg.address or "this machine"
         raise UserError(f"runtime.address: Ray is not reachable at '{where}' ({str(exc).splitlines()[0]})") from None
+
+
+def _check_reachable(address: str) -> None:
+    """ray.init keeps retrying a dead head for minutes; a plain TCP connect answers in seconds."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise UserError(f"runtime.address: Ray is not reachable at '{address}' ({exc})") from None
