@@ -88,8 +88,8 @@ def build_students(cfg: RunConfig) -> TaskPool:
                         max_prompt_chars=cfg.tasks.max_prompt_chars)
     train, eval_ = with_students(tasks.train, cfg.seed), with_students(tasks.eval, cfg.seed)
     if not train:
-        raise UserError(f"tasks: no training problem has a reference solution whose last calculation gives the "
-                        f"answer, so none can be given a simulated student with a wrong solution")
+        raise UserError(f"tasks ({cfg.tasks.source}): no training problem has a recorded student or a reference "
+                        "solution whose last calculation gives the answer, so none can be given a simulated student")
     return TaskPool(train, eval_, cfg.seed)
 
 

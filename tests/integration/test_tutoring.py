@@ -114,10 +114,10 @@ def test_chat_needs_a_tutoring_config(tmp_path, capsys, tiny_lm_dir):
 
 @pytest.mark.slow
 def test_embedded_smollm2_tutoring_run(tmp_path):
-    """configs/tutoring_default.yaml as shipped, one short round: SmolLM2 tutor, student and tagger."""
+    """configs/tutoring_default.yaml, cut to one short round: SmolLM2 tutor, student and tagger."""
     config = str(Path(__file__).resolve().parents[2] / "configs" / "tutoring_default.yaml")
-    assert main(["run", config, f"run_dir={tmp_path / 'run'}", "loop.rounds=1", "loop.problems_per_round=4",
-                 "tasks.num_eval=2", "log.wandb.mode=disabled"]) == 0
+    assert main(["run", config, f"run_dir={tmp_path / 'run'}", "loop.rounds=1", "loop.problems_per_round=2",
+                 "tasks.num_eval=1", "eval.before=false", "dialogue.max_turns=3", "log.wandb.mode=disabled"]) == 0
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     success = [row[f"tutoring/success@{k}"] for k in range(1, 8)]
     telling = [row[f"tutoring/telling@{k}"] for k in range(1, 8)]
