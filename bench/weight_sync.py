@@ -118,15 +118,8 @@ def bench_lora_adapter(repeats: int) -> tuple[float, float]:
 
     mb = asyncio.run(adapter_mb())
     seconds = timed(lambda: asyncio.run(once()), repeats)
-    for handle in runtime.actors:
-        ray_kill(handle)
+    runtime.shutdown()  # kills its actors; Ray itself was started by main(), which shuts it down
     return mb, seconds
-
-
-def ray_kill(handle) -> None:
-    import ray
-
-    ray.kill(handle)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ with the returned version, which is how stale lessons are found.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -77,20 +78,13 @@ def unpack(packed: PackedWeights) -> list[tuple[str, Any]]:
         raw = packed.buckets[bucket]
         data = (torch.from_numpy(raw) if raw.flags.writeable else torch.frombuffer(raw, dtype=torch.uint8)) \
             if raw.size else torch.empty(0, dtype=torch.uint8)
-        pieces = torch.split(data.view(entries[0][1]), [_numel(shape) for _, _, shape in entries])
+        pieces = torch.split(data.view(entries[0][1]), [math.prod(shape) for _, _, shape in entries])
         out += [(name, piece.view(shape)) for (name, _, shape), piece in zip(entries, pieces)]
     return out
 
 
 def as_named_tensors(weights: PackedWeights | Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return unpack(weights) if isinstance(weights, PackedWeights) else list(weights)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 async def sync_weights(trainer: Any, generator: Any) -> int:
