@@ -1,4 +1,4 @@
-"""`tutorloop run CONFIG [key.sub=value ...]`, `tutorloop eval CONFIG [--checkpoint DIR]` and
+"""`tutorloop run CONFIG [key.sub=value ...]`, `tutorloop eval CONFIG [--checkpoint DIR] [--out FILE]` and
 `tutorloop chat CONFIG --as student|tutor` (a person plays one side of a tutoring dialogue).
 
 User mistakes (config, data, paths) print one line and exit 2; nothing else is caught here.
@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tutorloop.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     _quiet_libraries()
     try:
         from tutorloop.config import load_config
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "chat":
             asyncio.run(_chat(cfg, args.side, args.problem, args.checkpoint))
         else:
-            asyncio.run(_eval(cfg, args.checkpoint))
+            asyncio.run(_eval(cfg, args.config, args.checkpoint, args.out))
     except UserError as exc:
         print(f"tutorloop: error: {exc}", file=sys.stderr)
         return 2
@@ -53,19 +55,67 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _eval(cfg, checkpoint: str | None) -> None:
+async def _eval(cfg, config_path: str, checkpoint: str | None, out: str | None) -> None:
+    """pass@1 (greedy) and, with eval.k > 0, pass@k of the student; results JSON and a W&B run."""
     from tutorloop.agents import spawn_generator
-    from tutorloop.envs import build_tasks
-    from tutorloop.evaluation import greedy_accuracy
+    from tutorloop.config import config_dict
+    from tutorloop.evaluation import evaluate, result_record
+    from tutorloop.loop import prepare_run_dir
+    from tutorloop.metrics import log_eval
     from tutorloop.runtime import build_runtime
 
     spec, adapter = _checkpoint(cfg.agents["student"], checkpoint)
-    tasks = build_tasks(cfg.tasks.source, path=cfg.tasks.path, difficulty=cfg.tasks.difficulty,
-                        num_train=cfg.tasks.num_train, num_eval=cfg.tasks.num_eval, seed=cfg.seed)
-    generator = spawn_generator(build_runtime(cfg.runtime), spec, cfg.seed, adapter=adapter)
-    result = await greedy_accuracy(generator, tasks.eval, max_new_tokens=cfg.eval.max_new_tokens)
-    print(f"eval accuracy: {result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, "
-          f"greedy, {cfg.tasks.source} eval split)")
+    problems = _eval_problems(cfg)
+    run_dir = prepare_run_dir(cfg.run_dir)
+    runtime = build_runtime(cfg.runtime)
+    generator = spawn_generator(runtime, spec, cfg.seed, adapter=adapter)
+    result = await evaluate(generator, problems, max_new_tokens=cfg.eval.max_new_tokens, k=cfg.eval.k,
+                            samples=cfg.eval.samples, temperature=cfg.eval.temperature)
+    tasks = cfg.tasks
+    results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config_path,
+               "source": tasks.source, "path": tasks.path, "split": tasks.split if tasks.source == "hf" else None,
+               "problems": cfg.eval.problems, "model": spec.model, "checkpoint": checkpoint,
+               "temperature": cfg.eval.temperature if cfg.eval.k else None, **result_record(result)}
+    path = _write_results(Path(out) if out else run_dir / "eval_results.json", results)
+    log_eval(results, run_dir=run_dir, name=cfg.name, config=config_dict(cfg), wandb_cfg=cfg.log.wandb)
+    runtime.shutdown()
+    split = "held-out split" if cfg.eval.problems == "held_out" else f"first {len(problems)}"
+    print(f"eval accuracy: {result.pass_at_1:.3f} ({sum(r.correct for r in result.records)}/{len(problems)}, "
+          f"greedy pass@1, {tasks.source} {split})")
+    if result.pass_at_k is not None:
+        print(f"eval pass@{result.k}: {result.pass_at_k:.3f} ({result.samples} samples per problem, "
+              f"temperature {cfg.eval.temperature})")
+    print(f"results: {path}")
+
+
+def _eval_problems(cfg) -> list:
+    """The problems `tutorloop eval` scores: the run's held-out split (as the training loop evaluates
+    it), or the first tasks.num_eval of the source in its own order (a benchmark's test file)."""
+    from tutorloop.envs.tasks import build_tasks, load_problems, make_arithmetic_problems
+
+    t = cfg.tasks
+    if cfg.eval.problems == "held_out":
+        # A file's held-out split does not depend on num_train, so it is not checked against the file
+        # here; the arithmetic generator's does (it makes num_train + num_eval problems).
+        num_train = t.num_train if t.source == "arithmetic" else 0
+        return list(build_tasks(t.source, path=t.path, difficulty=t.difficulty, num_train=num_train,
+                                num_eval=t.num_eval, seed=cfg.seed, max_prompt_chars=t.max_prompt_chars,
+                                split=t.split, question_field=t.question_field, answer_field=t.answer_field).eval)
+    if t.source == "arithmetic":
+        return make_arithmetic_problems(t.num_eval, seed=cfg.seed, difficulty=t.difficulty)
+    return load_problems(t.source, path=t.path, max_prompt_chars=t.max_prompt_chars, split=t.split,
+                         question_field=t.question_field, answer_field=t.answer_field)[:t.num_eval]
+
+
+def _write_results(path: Path, results: dict) -> Path:
+    from tutorloop.checkpoint import write_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write the eval results to '{path}' ({exc.strerror or exc}); see --out") from None
+    return path
 
 
 async def _chat(cfg, side: str, problem: str | None, checkpoint: str | None) -> None:
@@ -94,6 +144,17 @@ def _checkpoint(spec, checkpoint: str | None):
     return spec.model_copy(update={"model": str(path)}), None
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse gives every positional to the first run of them, so `eval c.yaml --out f a=b` would
+    reject `a=b`: key=value words left over after the flags are overrides too."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if stray := [word for word in rest if word.startswith("-") or "=" not in word]:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*args.overrides, *rest]
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tutorloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,9 +164,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue from the newest checkpoint in run_dir (an error if there is none); "
                           "without it, a run_dir that holds a checkpoint continues from it as well")
     run.add_argument("overrides", nargs="*", help="key.sub=value")
-    ev = sub.add_parser("eval", help="greedy accuracy of the student on the eval split")
+    ev = sub.add_parser("eval", help="pass@1 (greedy) and pass@k (eval.k) of the student; results JSON and W&B")
     ev.add_argument("config")
     ev.add_argument("--checkpoint", help="a saved student (peft adapter or full HF directory)")
+    ev.add_argument("--out", help="the results JSON (default: run_dir/eval_results.json)")
     ev.add_argument("overrides", nargs="*", help="key.sub=value")
     ch = sub.add_parser("chat", help="play the student or the tutor of a tutoring dialogue against a model")
     ch.add_argument("config", help="a tutoring config (with a `dialogue` section)")

@@ -165,11 +165,20 @@ class TrainerConfig(Strict):
 
 
 class TasksConfig(Strict):
-    source: Literal["arithmetic", "gsm8k", "jsonl", "mathdial"] = "arithmetic"
+    source: Literal["arithmetic", "gsm8k", "jsonl", "mathdial", "svamp", "math500", "hf"] = "arithmetic"
     """Built-in arithmetic word problems, GSM8K-format JSONL, plain {id, prompt, answer, solution} JSONL,
-    or MathDial JSONL (its question and ground truth; tutoring runs also take its students and dialogues)."""
+    MathDial JSONL (its question and ground truth; tutoring runs also take its students and dialogues),
+    SVAMP (one JSON array of {Body, Question, Answer}), MATH-500 JSONL ({problem, answer}: LaTeX
+    answers, graded on the reply's last \\boxed{} by math-verify) or a Hugging Face dataset (`hf`)."""
     path: str | None = None
-    """The JSONL file for `gsm8k` and `jsonl` sources."""
+    """The data file of a file source; for `hf`, a directory written by `save_to_disk` or a hub
+    dataset id already in the local Hugging Face cache (nothing is downloaded)."""
+    split: str = "train"
+    """hf only: the split to read (a directory saved from a single split is that split)."""
+    question_field: str = "question"
+    """hf only: the column that holds the problem text."""
+    answer_field: str = "answer"
+    """hf only: the column that holds the answer: a number, or GSM8K-style text ending in `#### n`."""
     difficulty: int = Field(1, ge=1, le=3)
     """Arithmetic only: steps per problem."""
     max_prompt_chars: int = Field(4000, ge=1)
@@ -233,7 +242,25 @@ class EvalConfig(Strict):
     after: bool = True
     """Evaluate the trained student after the last round."""
     max_new_tokens: int = Field(128, ge=1)
-    """Greedy reply length at evaluation."""
+    """Reply length at evaluation (greedy and sampled)."""
+    problems: Literal["held_out", "first"] = "held_out"
+    """`tutorloop eval` only. `held_out`: the run's eval split (tasks.num_eval problems held out from
+    training, as the loop evaluates). `first`: the first tasks.num_eval problems of the source in
+    its own order (fewer if it has fewer), for a benchmark file that is all test data."""
+    k: int = Field(0, ge=0, le=1024)
+    """`tutorloop eval` only: the k of pass@k, from `samples` sampled replies per problem by the
+    unbiased estimator of Chen et al. 2021 (0 = greedy pass@1 only)."""
+    samples: int = Field(0, ge=0, le=1024)
+    """Sampled replies per problem for pass@k (n in Chen et al.; 0 = k); more than k lowers the
+    estimate's variance."""
+    temperature: float = Field(0.8, gt=0.0, le=5.0)
+    """Sampling temperature of the pass@k replies (pass@1 is always greedy)."""
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> EvalConfig:
+        if self.samples and self.samples < self.k:
+            raise ValueError(f"samples ({self.samples}) must be >= k ({self.k}), or 0 to take k")
+        return self
 
 
 class WandbConfig(Strict):

@@ -1,16 +1,103 @@
-"""Held-out accuracy: the student answers each eval problem once, greedily, from its bare prompt."""
+"""Held-out and benchmark evaluation of the student from each problem's bare prompt: pass@1 from one
+greedy reply, pass@k from n sampled replies per problem with the unbiased estimator of Chen et al.
+2021 ("Evaluating Large Language Models Trained on Code", eq. 1)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from tutorloop.agents.prompts import student_attempt
-from tutorloop.envs.graders import ANSWER_STOP, verify
+from tutorloop.envs.graders import ANSWER_STOP, BOXED_STOP, verify
 from tutorloop.types import Problem, SamplingParams
 
 
+@dataclass(frozen=True, slots=True)
+class ProblemResult:
+    id: str
+    correct: bool
+    """The greedy reply's verdict."""
+    answer: str | None
+    """The final answer extracted from the greedy reply (a number, or a \\boxed{} body for latex)."""
+    reply: str
+    """The greedy reply itself, to read what went wrong."""
+    sampled_correct: int = 0
+    """Sampled replies (of `EvalResult.samples`) that were correct; 0 when pass@k is off."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    records: tuple[ProblemResult, ...]
+    k: int = 0
+    samples: int = 0
+    """n of pass@k: sampled replies per problem (0 when pass@k is off)."""
+
+    @property
+    def pass_at_1(self) -> float:
+        """Greedy accuracy."""
+        return sum(r.correct for r in self.records) / max(len(self.records), 1)
+
+    @property
+    def pass_at_k(self) -> float | None:
+        if not self.k or not self.records:
+            return None
+        return sum(pass_at_k(self.samples, r.sampled_correct, self.k) for r in self.records) / len(self.records)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one problem from n samples of which c are correct: 1 - C(n-c,k)/C(n,k),
+    the chance that k of the n drawn without replacement hold at least one correct sample. Python's
+    integers are exact, so the binomials never overflow or round before the one division."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+async def evaluate(generator: Any, problems: Sequence[Problem], *, max_new_tokens: int, k: int = 0,
+                   samples: int = 0, temperature: float = 0.8) -> EvalResult:
+    """Greedy replies for pass@1, then, when k > 0, `samples` (0: k) sampled replies per problem for pass@k."""
+    n = samples or k
+    greedy = await _replies(generator, problems, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens,
+                                                                stop_regex=stop_regex(problems)))
+    sampled_correct = [0] * len(problems)
+    if k:
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=n,
+                                stop_regex=stop_regex(problems))
+        replies = await _replies(generator, problems, params)
+        sampled_correct = [sum(verify(p, text).correct for text in replies[i * n:(i + 1) * n])
+                           for i, p in enumerate(problems)]
+    records = []
+    for problem, reply, c in zip(problems, greedy, sampled_correct):
+        verdict = verify(problem, reply)
+        records.append(ProblemResult(id=problem.id, correct=verdict.correct, answer=verdict.answer, reply=reply,
+                                     sampled_correct=c))
+    return EvalResult(records=tuple(records), k=k, samples=n if k else 0)
+
+
 async def greedy_accuracy(generator: Any, problems: Sequence[Problem], *, max_new_tokens: int) -> dict[str, float]:
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_regex=ANSWER_STOP)
+    """The training loop's eval before and after the rounds: greedy pass@1 on the held-out split."""
+    result = await evaluate(generator, problems, max_new_tokens=max_new_tokens)
+    correct = sum(r.correct for r in result.records)
+    return {"accuracy": result.pass_at_1, "correct": float(correct), "total": float(len(problems))}
+
+
+def stop_regex(problems: Sequence[Problem]) -> str | None:
+    """Where a reply is done: after "The answer is N." for numeric problems, after a closed \\boxed{}
+    for latex ones. One generate call takes one pattern, so a mix of the two runs to the token limit."""
+    formats = {p.answer_format for p in problems}
+    return {frozenset({"number"}): ANSWER_STOP, frozenset({"latex"}): BOXED_STOP}.get(frozenset(formats))
+
+
+def result_record(result: EvalResult) -> dict[str, Any]:
+    """The scores and per-problem records as plain JSON data."""
+    return {"num_problems": len(result.records), "pass@1": result.pass_at_1, "k": result.k,
+            "samples": result.samples, "pass@k": result.pass_at_k,
+            "records": [asdict(r) for r in result.records]}
+
+
+async def _replies(generator: Any, problems: Sequence[Problem], params: SamplingParams) -> list[str]:
+    if not problems:
+        return []
     outs = await generator.generate([student_attempt(p) for p in problems], params)
-    correct = sum(verify(p, out.text).correct for p, out in zip(problems, outs))
-    return {"accuracy": correct / max(len(problems), 1), "correct": float(correct), "total": float(len(problems))}
+    return [out.text for out in outs]

@@ -32,7 +32,8 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     saved = store.latest(config_dict(cfg), required=resume)
     tasks = build_tasks(cfg.tasks.source, path=cfg.tasks.path, difficulty=cfg.tasks.difficulty, seed=cfg.seed,
                         num_train=cfg.tasks.num_train, num_eval=cfg.tasks.num_eval,
-                        max_prompt_chars=cfg.tasks.max_prompt_chars)
+                        max_prompt_chars=cfg.tasks.max_prompt_chars, split=cfg.tasks.split,
+                        question_field=cfg.tasks.question_field, answer_field=cfg.tasks.answer_field)
     runtime = build_runtime(cfg.runtime)
     generators = build_generators(runtime, cfg, lora_kwargs(cfg))
     agents = build_agents(cfg, generators)

@@ -135,6 +135,29 @@ class RunLog:
                                              turn.text, turn.correct, turn.provenance, turn.policy_version])
 
 
+EVAL_COLUMNS = ["id", "correct", "answer", "sampled_correct", "reply"]
+
+
+def log_eval(results: dict[str, Any], *, run_dir: Path, name: str, config: dict[str, Any],
+             wandb_cfg: WandbConfig) -> str | None:
+    """A `tutorloop eval` as a W&B run of its own (job type "eval", offline unless configured):
+    pass@1 and pass@k in its summary and a table with one row per problem. Not a RunLog: that one
+    would trim the training run's metrics.jsonl in the same run dir. Returns the W&B run id."""
+    if wandb_cfg.mode == "disabled":
+        return None
+    import wandb
+
+    run = _start_wandb(run_dir, f"{name}-eval", config, wandb_cfg, None, job_type="eval")
+    scores = {f"eval/{key}": results[key] for key in ("pass@1", "pass@k") if results[key] is not None}
+    run.log(scores)
+    run.summary.update(scores | {"eval/num_problems": results["num_problems"], "eval/k": results["k"],
+                                 "eval/samples": results["samples"]})
+    rows = [[record[column] for column in EVAL_COLUMNS] for record in results["records"]]
+    run.log({"eval/problems": wandb.Table(columns=EVAL_COLUMNS, data=rows)})
+    run.finish()
+    return run.id
+
+
 def _rich_console() -> Any:
     from rich.console import Console
 
@@ -154,13 +177,14 @@ def _round_table(row: dict[str, float], columns: Sequence[tuple[str, str, str]],
     return table
 
 
-def _start_wandb(run_dir: Path, name: str, config: dict[str, Any], cfg: WandbConfig, run_id: str | None) -> Any:
+def _start_wandb(run_dir: Path, name: str, config: dict[str, Any], cfg: WandbConfig, run_id: str | None,
+                 job_type: str | None = None) -> Any:
     import wandb
 
     # resume="allow" continues run `run_id` online. Offline, W&B writes a new offline-run-* dir with
     # the same id; `wandb sync --id ID --append DIR` adds it to the first (wandb issue #5865).
     return wandb.init(project=cfg.project, entity=cfg.entity, name=name, dir=str(run_dir), mode=cfg.mode,
-                      config=config, id=run_id, resume="allow" if run_id else None,
+                      config=config, id=run_id, resume="allow" if run_id else None, job_type=job_type,
                       settings=wandb.Settings(silent=True, console="off"))
 
 

@@ -20,6 +20,7 @@ Move = Literal["focus", "probing", "telling", "generic"]
 MOVES: tuple[Move, ...] = ("focus", "probing", "telling", "generic")
 """MathDial's teacher moves (Macina et al. 2023): steer attention, draw out reasoning, reveal,
 or talk (greetings, encouragement)."""
+AnswerFormat = Literal["number", "latex"]
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Messages = tuple[Message, ...]
 
@@ -38,6 +39,9 @@ class Problem:
     """Tutoring only: the simulated student's own wrong solution, which it believes (MathDial)."""
     persona: str | None = None
     """Tutoring only: who the simulated student is, e.g. "Kim is a 7th grade student who ..."."""
+    answer_format: AnswerFormat = "number"
+    """How the answer is graded: `number` (the reply's final number, "The answer is N.") or `latex`
+    (the reply's last \\boxed{...}, compared with math-verify, for MATH-style answers)."""
 
 
 @dataclass(frozen=True, slots=True)

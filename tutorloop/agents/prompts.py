@@ -15,6 +15,10 @@ from tutorloop.types import Message, Messages, Problem, Turn
 
 STUDENT_SYSTEM = "Solve the problem step by step. End with 'The answer is N.'"
 
+STUDENT_SYSTEM_LATEX = "Please reason step by step, and put your final answer within \\boxed{}."
+"""For MATH-style problems (answer_format "latex"), in the wording MATH-500 evaluations commonly use:
+the grader reads the last \\boxed{...} only."""
+
 TEACHER_SYSTEM = "You are a math teacher. Reference solution:\n{solution}"
 
 TEACHER_ASK = ("Problem: {problem}\n\nStudent's attempt:\n{attempt}\n\n"
@@ -29,19 +33,21 @@ MENTOR_ASK = ("Problem: {problem}\n\nStudent's attempt:\n{attempt}\n\nWhat went 
               "In one or two sentences, point the student to the mistake without giving the answer.")
 
 REVISE_ASK = ("Feedback from your tutor: {feedback}\n\nTry again: solve the problem step by step and "
-              "finish with 'The answer is N.'")
+              "finish with {finish}.")
+FINISH = {"number": "'The answer is N.'", "latex": "your final answer in \\boxed{}"}
 
 NO_DIAGNOSIS = "The final answer is wrong; check each step."
 
 
 def student_attempt(problem: Problem) -> Messages:
-    return ({"role": "system", "content": STUDENT_SYSTEM}, {"role": "user", "content": problem.prompt})
+    system = STUDENT_SYSTEM_LATEX if problem.answer_format == "latex" else STUDENT_SYSTEM
+    return ({"role": "system", "content": system}, {"role": "user", "content": problem.prompt})
 
 
 def student_revision(problem: Problem, attempt: str, feedback: str) -> Messages:
     return student_attempt(problem) + (
         {"role": "assistant", "content": attempt},
-        {"role": "user", "content": REVISE_ASK.format(feedback=feedback)},
+        {"role": "user", "content": REVISE_ASK.format(feedback=feedback, finish=FINISH[problem.answer_format])},
     )
 
 

@@ -4,11 +4,15 @@ Everything here is a pure function of strings, so rewards are reproducible and c
 A reply's final answer is, in order of trust: the last `\\boxed{...}`, the last `#### n`, the last
 "answer is / answer:" phrase, and failing those the last number in the text. Numbers are compared
 as canonical strings ("1,234.50" -> "1234.5") with a small relative tolerance.
+
+A problem whose `answer_format` is "latex" (MATH-style: `\\frac{3}{4}`, `(3, \\frac{\\pi}{2})`) is
+graded on the reply's last closed `\\boxed{...}` only, compared symbolically by math-verify.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, DivisionByZero, InvalidOperation
@@ -40,13 +44,18 @@ _LATEX_NOISE = re.compile(r"\\[()\[\]]|\\[,!;: ]|\\\$|\$|\*\*|\\left|\\right")
 # the number (a bare "60." could still become "60.5"). Generation stops there; small models
 # otherwise ramble on for the rest of their token budget.
 ANSWER_STOP = r"(?i)answer is:?\s*\$?\s*-?[\d,]*\d(?:\.\d+)?(?:\s*[a-z%]+)*\s*(?:\.\s|\n)"
+# The same for a latex answer: a closed \boxed{...}, with braces nested up to three deep (a regex
+# cannot count further; a deeper answer just runs on to the token limit).
+BOXED_STOP = r"\\boxed\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
+MATH_VERIFY_TIMEOUT_S = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     correct: bool
     answer: str | None
-    """The canonical final number extracted from the reply, or None if it had none."""
+    """The canonical final number extracted from the reply (for a latex problem, the contents of its
+    last \\boxed{...}), or None if it had none."""
 
 
 def grade(problem: Problem, reply: str) -> float:
@@ -59,10 +68,42 @@ def is_correct(problem: Problem, reply: str) -> bool:
 
 
 def verify(problem: Problem, reply: str) -> Verdict:
+    if problem.answer_format == "latex":
+        return verify_latex(problem, reply)
     answer = extract_answer(reply)
     gold = normalize_number(problem.answer) if problem.answer is not None else None
     correct = answer is not None and gold is not None and _same_number(answer, gold)
     return Verdict(correct=correct, answer=answer)
+
+
+def verify_latex(problem: Problem, reply: str) -> Verdict:
+    """A MATH-style verdict: the reply's last closed \\boxed{...} against the gold answer, by math-verify."""
+    answer = last_boxed(reply)
+    correct = answer is not None and problem.answer is not None and same_latex(problem.answer, answer)
+    return Verdict(correct=correct, answer=answer)
+
+
+def same_latex(gold: str, answer: str) -> bool:
+    """Whether two LaTeX answers are mathematically equal (`\\frac{1}{2}` and `0.5`, `\\dfrac{3}{4}` and
+    `3/4`), by math-verify. Both are wrapped in \\boxed{} so that bare LaTeX parses as math."""
+    from math_verify import LatexExtractionConfig, parse, verify as math_verify  # sympy: loaded on first use
+
+    # math-verify times out through signal.alarm, which only the main thread may set; elsewhere it
+    # would log an error and grade everything wrong, so run without a timeout there.
+    timeout = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    # LaTeX extraction only: its plain-expression extractor hands text to sympy's parse_expr, which
+    # evaluates Python, and model output is never executed.
+    latex_only = [LatexExtractionConfig()]
+    gold_parsed = parse(f"\\boxed{{{gold}}}", extraction_config=latex_only, parsing_timeout=timeout)
+    answer_parsed = parse(f"\\boxed{{{answer}}}", extraction_config=latex_only, parsing_timeout=timeout)
+    return bool(gold_parsed and answer_parsed and math_verify(gold_parsed, answer_parsed, timeout_seconds=timeout))
+
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last closed \\boxed{...}, nested braces included (\\boxed{\\frac{3}{4}} gives
+    \\frac{3}{4}); None when there is none or the last one never closes (a reply cut mid-answer)."""
+    found = _boxed_span(text)
+    return (found[0].strip() or None) if found and found[1] else None
 
 
 def extract_answer(text: str) -> str | None:
@@ -111,6 +152,12 @@ def contains_number(text: str, number: str) -> bool:
 
 def _last_boxed(text: str) -> str | None:
     """Contents of the last \\boxed{...}, matching nested braces (\\boxed{\\frac{3}{4}})."""
+    found = _boxed_span(text)
+    return found[0] if found else None  # unclosed brace: a truncated reply, take what is there
+
+
+def _boxed_span(text: str) -> tuple[str, bool] | None:
+    """(contents, closed) of the last \\boxed{...}, matching nested braces; None when there is none."""
     starts = [m.end() for m in _BOXED.finditer(text)]
     if not starts:
         return None
@@ -118,8 +165,8 @@ def _last_boxed(text: str) -> str | None:
     for i in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[start:i]
-    return text[start:]  # unclosed brace: a truncated reply, take what is there
+            return text[start:i], True
+    return text[start:], False
 
 
 def _after_hashes(text: str) -> str | None:

@@ -1,5 +1,5 @@
-"""Problem sources: a seeded arithmetic word-problem generator, GSM8K and plain JSONL loaders, and
-the train/eval pool the loop samples from each round.
+"""Problem sources: a seeded arithmetic word-problem generator, loaders for GSM8K, SVAMP, MATH-500,
+plain JSONL and Hugging Face `datasets`, and the train/eval pool the loop samples from each round.
 
 Nothing here touches the network or global random state: the same seed always gives the same
 problems, the same split and the same rounds. Bad data files raise `UserError` with one line that
@@ -9,6 +9,7 @@ names the file and line, because a traceback from deep inside a loader tells the
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from tutorloop.envs.graders import normalize_number
 from tutorloop.errors import UserError
 from tutorloop.types import Problem
 
-SOURCES = ("arithmetic", "gsm8k", "jsonl", "mathdial")
+SOURCES = ("arithmetic", "gsm8k", "jsonl", "mathdial", "svamp", "math500", "hf")
 DIFFICULTIES = (1, 2, 3)
 
 
@@ -63,21 +64,17 @@ class TaskPool:
 
 
 def build_tasks(source: str, *, path: str | None, difficulty: int, num_train: int, num_eval: int,
-                seed: int, max_prompt_chars: int | None = None) -> TaskPool:
+                seed: int, max_prompt_chars: int | None = None, split: str = "train",
+                question_field: str = "question", answer_field: str = "answer") -> TaskPool:
     """The pool for one run. `num_train = 0` means every problem not held out for eval; a problem
-    longer than `max_prompt_chars` is an error (it would not fit the models' context)."""
-    if source not in SOURCES:
-        raise UserError(f"tasks.source must be one of {', '.join(SOURCES)}; got {source!r}")
+    longer than `max_prompt_chars` is an error (it would not fit the models' context). `split`,
+    `question_field` and `answer_field` are read by the `hf` source only."""
     if num_train < 0 or num_eval < 0:
         raise UserError(f"tasks.num_train and tasks.num_eval must be >= 0; got {num_train}, {num_eval}")
     if source == "arithmetic":
         return _build_arithmetic(difficulty, num_train, num_eval, seed)
-    if not path:
-        raise UserError(f"tasks.path is required when tasks.source is {source!r}")
-    problems = {"gsm8k": load_gsm8k, "jsonl": load_jsonl, "mathdial": _load_mathdial_problems}[source](path)
-    if too_long := [p for p in problems if max_prompt_chars is not None and len(p.prompt) > max_prompt_chars]:
-        raise UserError(f"{path}: problem {too_long[0].id!r} has {len(too_long[0].prompt)} characters, over "
-                        f"tasks.max_prompt_chars={max_prompt_chars} ({len(too_long)} problem(s) in all)")
+    problems = load_problems(source, path=path, max_prompt_chars=max_prompt_chars, split=split,
+                             question_field=question_field, answer_field=answer_field)
     if len(problems) < num_eval + 1:
         raise UserError(f"{path}: has {len(problems)} problems; tasks.num_eval={num_eval} "
                         f"needs at least {num_eval + 1} (one left to train on)")
@@ -86,6 +83,28 @@ def build_tasks(source: str, *, path: str | None, difficulty: int, num_train: in
         raise UserError(f"{path}: tasks.num_train={num_train} but only {len(train)} problems are "
                         f"left after holding out {num_eval} for eval (0 means all of them)")
     return TaskPool(train[:num_train] if num_train else train, eval_, seed)
+
+
+def load_problems(source: str, *, path: str | None, max_prompt_chars: int | None = None, split: str = "train",
+                  question_field: str = "question", answer_field: str = "answer") -> list[Problem]:
+    """Every problem of a file or dataset source, in its own order (the arithmetic source has none:
+    it generates problems, see make_arithmetic_problems)."""
+    if source not in SOURCES:
+        raise UserError(f"tasks.source must be one of {', '.join(SOURCES)}; got {source!r}")
+    if source == "arithmetic":
+        raise ValueError("the arithmetic source has no file: use make_arithmetic_problems")
+    if not path:
+        raise UserError(f"tasks.path is required when tasks.source is {source!r}")
+    if source == "hf":
+        problems = load_hf(path, split=split, question_field=question_field, answer_field=answer_field)
+    else:
+        loaders = {"gsm8k": load_gsm8k, "jsonl": load_jsonl, "mathdial": _load_mathdial_problems,
+                   "svamp": load_svamp, "math500": load_math500}
+        problems = loaders[source](path)
+    if too_long := [p for p in problems if max_prompt_chars is not None and len(p.prompt) > max_prompt_chars]:
+        raise UserError(f"{path}: problem {too_long[0].id!r} has {len(too_long[0].prompt)} characters, over "
+                        f"tasks.max_prompt_chars={max_prompt_chars} ({len(too_long)} problem(s) in all)")
+    return problems
 
 
 def _build_arithmetic(difficulty: int, num_train: int, num_eval: int, seed: int) -> TaskPool:
@@ -260,17 +279,22 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
     problems: list[tuple[int, Problem]] = []
     for lineno, row in _read_rows(path):
         question = _text_field(row, "question", path, lineno)
-        worked = _text_field(row, "answer", path, lineno).rstrip().split("\n")
-        final = _FINAL_LINE.match(worked[-1])
-        if final is None:
-            raise UserError(f"{path} line {lineno}: answer does not end with a '#### n' line")
-        answer = _number(final["answer"], path, lineno)
-        steps = [_CALCULATOR.sub("", line).rstrip() for line in worked[:-1] if line.strip()]
+        answer, steps = _gsm8k_answer(_text_field(row, "answer", path, lineno), path, lineno)
         problem = Problem(id=_row_id(row, f"gsm8k-{lineno}"), prompt=question.strip(), answer=answer,
                           solution="\n".join([*steps, f"The answer is {answer}."]),
                           difficulty=len(steps), source="gsm8k")
         problems.append((lineno, problem))
     return _unique(problems, path)
+
+
+def _gsm8k_answer(text: str, path: str | Path, lineno: int, unit: str = "line") -> tuple[str, list[str]]:
+    """(final number, worked steps without calculator annotations) of a GSM8K answer ending "#### n"."""
+    worked = text.rstrip().split("\n")
+    final = _FINAL_LINE.match(worked[-1])
+    if final is None:
+        raise UserError(f"{path} {unit} {lineno}: answer does not end with a '#### n' line")
+    answer = _number(final["answer"], path, lineno, unit)
+    return answer, [_CALCULATOR.sub("", line).rstrip() for line in worked[:-1] if line.strip()]
 
 
 def load_jsonl(path: str | Path) -> list[Problem]:
@@ -289,6 +313,131 @@ def load_jsonl(path: str | Path) -> list[Problem]:
                           source="jsonl")
         problems.append((lineno, problem))
     return _unique(problems, path)
+
+
+def load_svamp(path: str | Path) -> list[Problem]:
+    """SVAMP: one JSON array (not JSONL) of {"Body", "Question", "Answer", "ID"?, "Equation"?}. The
+    prompt is Body + " " + Question; the float answer (8.0) becomes the number "8"; rows are
+    numbered from 1 in errors."""
+    problems: list[tuple[int, Problem]] = []
+    for row_no, row in _read_json_array(path):
+        body = row.get("Body", "")
+        if not isinstance(body, str):
+            raise UserError(f"{path} row {row_no}: field 'Body' must be a string")
+        question = _text_field(row, "Question", path, row_no, "row")
+        if "Answer" not in row:
+            raise UserError(f"{path} row {row_no}: missing field 'Answer'")
+        answer = _number(row["Answer"], path, row_no, "row")
+        equation = row.get("Equation")
+        steps = [f"{equation.strip()} = {answer}."] if isinstance(equation, str) and equation.strip() else []
+        prompt = f"{body.strip()} {question.strip()}".strip()
+        problem = Problem(id=_row_id(row, f"svamp-{row_no}", key="ID"), prompt=prompt, answer=answer,
+                          solution="\n".join([*steps, f"The answer is {answer}."]), source="svamp")
+        problems.append((row_no, problem))
+    return _unique(problems, path, unit="row")
+
+
+def load_math500(path: str | Path) -> list[Problem]:
+    """MATH-500 JSONL rows {"problem", "answer", "solution"?, "unique_id"?, "level"?}. The answer is
+    LaTeX (`\\frac{14}{3}`, `\\left( 3, \\frac{\\pi}{2} \\right)`): the grader compares the reply's
+    last \\boxed{...} with it through math-verify (answer_format "latex")."""
+    problems: list[tuple[int, Problem]] = []
+    for lineno, row in _read_rows(path):
+        prompt = _text_field(row, "problem", path, lineno)
+        if "answer" not in row:
+            raise UserError(f"{path} line {lineno}: missing field 'answer'")
+        answer = row["answer"]
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)  # a bare number is still a valid LaTeX answer
+        if not isinstance(answer, str) or not answer.strip():
+            raise UserError(f"{path} line {lineno}: field 'answer' must be a non-empty string")
+        solution = row.get("solution")
+        if solution is not None and not isinstance(solution, str):
+            raise UserError(f"{path} line {lineno}: field 'solution' must be a string")
+        level = row.get("level")
+        problem = Problem(id=_row_id(row, f"math500-{lineno}", key="unique_id"), prompt=prompt.strip(),
+                          answer=answer.strip(), solution=solution, source="math500", answer_format="latex",
+                          difficulty=level if isinstance(level, int) and not isinstance(level, bool) else 0)
+        problems.append((lineno, problem))
+    return _unique(problems, path)
+
+
+def load_hf(name: str, *, split: str, question_field: str, answer_field: str) -> list[Problem]:
+    """A Hugging Face dataset: a directory written by `save_to_disk`, or a hub id already in the
+    local cache (never downloaded). The answer column holds a number or a GSM8K-style "... #### n";
+    rows are named by their 0-based index in the split."""
+    dataset = _open_hf_dataset(name, split)
+    for field, key in ((question_field, "question_field"), (answer_field, "answer_field")):
+        if field not in dataset.column_names:
+            raise UserError(f"{name}: split {split!r} has no column {field!r} (tasks.{key}); "
+                            f"columns: {', '.join(dataset.column_names)}")
+    where = f"split {split!r} index"
+    problems: list[tuple[int, Problem]] = []
+    for index, row in enumerate(dataset):
+        question = _text_field(row, question_field, name, index, where)
+        value = row[answer_field]
+        if isinstance(value, str) and "####" in value:
+            answer, steps = _gsm8k_answer(value, name, index, where)
+        else:
+            answer, steps = _number(value, name, index, where), []
+        problem = Problem(id=_row_id(row, f"{Path(name).name}-{split}-{index}"), prompt=question.strip(),
+                          answer=answer, solution="\n".join([*steps, f"The answer is {answer}."]),
+                          difficulty=len(steps), source="hf")
+        problems.append((index, problem))
+    if not problems:
+        raise UserError(f"{name}: split {split!r} contains no problems")
+    return _unique(problems, name, unit=where)
+
+
+def _open_hf_dataset(name: str, split: str) -> Any:
+    """The split as a `datasets.Dataset`; a save_to_disk of a single split is that split."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read when datasets is first imported
+    import datasets  # only the hf source needs it
+
+    if Path(name).is_dir():
+        try:
+            loaded = datasets.load_from_disk(name)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{name}: not a dataset written by save_to_disk ({_one_line(str(exc))})") from None
+    elif Path(name).exists():
+        raise UserError(f"{name}: the hf source reads a save_to_disk directory or a hub id, not a file")
+    else:
+        try:
+            return datasets.load_dataset(name, split=split,
+                                         download_config=datasets.DownloadConfig(local_files_only=True))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{name}: not a dataset directory, nor a dataset (split {split!r}) in the local "
+                            f"Hugging Face cache; tutorloop does not download ({_one_line(str(exc))[:200]})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise UserError(f"{name}: no split {split!r} (tasks.split); splits: {', '.join(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _read_json_array(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(row number from 1, JSON object) for each element of a file that is one JSON array."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8").lstrip("\ufeff")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {e.lineno}: not valid JSON ({_one_line(e.msg)})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of problems, got a JSON {type(data).__name__} "
+                        "(SVAMP is one array, not JSONL)")
+    if not data:
+        raise UserError(f"{path}: contains no problems")
+    for row_no, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path} row {row_no}: expected a JSON object, got {type(row).__name__}")
+    return list(enumerate(data, start=1))
 
 
 def _load_mathdial_problems(path: str | Path) -> list[Problem]:
@@ -330,38 +479,41 @@ def _read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _text_field(row: dict[str, Any], name: str, path: str | Path, lineno: int) -> str:
+# `unit` names what `lineno` counts in messages: a JSONL "line", a JSON array's "row", a dataset's index.
+
+
+def _text_field(row: dict[str, Any], name: str, path: str | Path, lineno: int, unit: str = "line") -> str:
     if name not in row:
-        raise UserError(f"{path} line {lineno}: missing field {name!r}")
+        raise UserError(f"{path} {unit} {lineno}: missing field {name!r}")
     value = row[name]
     if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{path} line {lineno}: field {name!r} must be a non-empty string")
+        raise UserError(f"{path} {unit} {lineno}: field {name!r} must be a non-empty string")
     if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON allows "\ud800"; no tokenizer does
-        raise UserError(f"{path} line {lineno}: field {name!r} holds an unpaired surrogate escape, "
+        raise UserError(f"{path} {unit} {lineno}: field {name!r} holds an unpaired surrogate escape, "
                         "which is not valid Unicode")
     return value
 
 
-def _number(value: Any, path: str | Path, lineno: int) -> str:
+def _number(value: Any, path: str | Path, lineno: int, unit: str = "line") -> str:
     # bool is an int in Python, but `"answer": true` is a data mistake, not the number 1.
     numeric = isinstance(value, (str, int, float)) and not isinstance(value, bool)
     number = normalize_number(str(value)) if numeric else None
     if number is None:
-        raise UserError(f"{path} line {lineno}: answer {_one_line(repr(value))[:60]} is not a number")
+        raise UserError(f"{path} {unit} {lineno}: answer {_one_line(repr(value))[:60]} is not a number")
     return number
 
 
-def _row_id(row: dict[str, Any], default: str) -> str:
-    value = row.get("id")
+def _row_id(row: dict[str, Any], default: str, key: str = "id") -> str:
+    value = row.get(key)
     return default if value is None or value == "" else str(value)
 
 
-def _unique(problems: list[tuple[int, Problem]], path: str | Path) -> list[Problem]:
+def _unique(problems: list[tuple[int, Problem]], path: str | Path, unit: str = "line") -> list[Problem]:
     first_seen: dict[str, int] = {}
     for lineno, problem in problems:
         if problem.id in first_seen:
-            raise UserError(f"{path} line {lineno}: duplicate id {problem.id!r} "
-                            f"(first seen on line {first_seen[problem.id]})")
+            raise UserError(f"{path} {unit} {lineno}: duplicate id {problem.id!r} "
+                            f"(first seen on {unit} {first_seen[problem.id]})")
         first_seen[problem.id] = lineno
     return [problem for _, problem in problems]
 
