@@ -1,11 +1,13 @@
-"""Weight sync between Ray actors: tutorloop's packed numpy buckets against a pickled torch
-state_dict, measured side by side in one run, plus the LoRA adapter sync of SmolLM2-135M.
+"""Weight sync between Ray actors: tutorloop's two transports against a pickled torch state_dict,
+measured side by side in one run, plus the LoRA adapter sync of SmolLM2-135M.
 
     .venv/bin/python bench/weight_sync.py [--repeats 5] [--no-smollm2]
 
-Both paths move the same tensors from a source actor to a sink actor that copies them into its
-own parameters (the baseline is what ../shared/bench-anchors/bench_ray.py times as "torch
-state_dict"). Figures are MB/s over the whole transfer including the copy-in; medians of repeats.
+Every path moves the same tensors from a source actor to a sink actor that copies them into its
+own tensors (the baseline is what ../shared/bench-anchors/bench_ray.py times as "torch
+state_dict"). "shared memory" is what the loop uses when trainer and generator share a node;
+"object store" (packed numpy buckets) is what it uses across nodes. Figures are MB/s over the
+whole transfer including the copy-in; medians of repeats.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class Source:
         self.last = pack(self.state.items(), reuse=getattr(self, "last", None))  # as OnlineTrainer.weights
         return self.last
 
+    def shared(self):
+        from tutorloop.trainers.weight_sync import SharedSegment
+
+        self.segment = getattr(self, "segment", None) or SharedSegment()  # as OnlineTrainer.weights(shared=True)
+        return self.segment.write(self.state.items())
+
 
 class Sink:
     def __init__(self, mb: float) -> None:
@@ -59,12 +67,10 @@ class Sink:
         return len(state)
 
     def load_packed(self, packed) -> int:
-        from tutorloop.trainers.weight_sync import unpack
+        from tutorloop.trainers.weight_sync import copy_into
 
-        named = unpack(packed)
-        for k, v in named:
-            self.state[k].copy_(v)
-        return len(named)
+        copy_into(self.state, packed, layout=None)  # as HFGenerator.load_weights for full weights
+        return len(packed.index)
 
 
 def timed(fn, repeats: int) -> float:
@@ -77,7 +83,7 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_sizes(repeats: int) -> list[tuple[str, float, float]]:
+def bench_sizes(repeats: int) -> list[tuple[str, float, float, float]]:
     import ray
 
     rows = []
@@ -87,7 +93,8 @@ def bench_sizes(repeats: int) -> list[tuple[str, float, float]]:
         ray.get([src.state_dict.remote(), sink.load_state_dict.remote({})])
         pickled = timed(lambda: ray.get(sink.load_state_dict.remote(src.state_dict.remote())), repeats)
         packed = timed(lambda: ray.get(sink.load_packed.remote(src.packed.remote())), repeats)
-        rows.append((label, mb / pickled, mb / packed))
+        shared = timed(lambda: ray.get(sink.load_packed.remote(src.shared.remote())), repeats)
+        rows.append((label, mb / pickled, mb / packed, mb / shared))
         ray.kill(src)
         ray.kill(sink)
     return rows
@@ -122,27 +129,52 @@ def bench_lora_adapter(repeats: int) -> tuple[float, float]:
     return mb, seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-smollm2", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="2.4 and 17 MB only, 2 repeats, no SmolLM2")
+    args = parser.parse_args(argv)
     import ray
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.quick:
+        args.repeats, args.no_smollm2 = 2, True
+        for big in ("268 MB", "1 GB"):
+            SIZES_MB.pop(big, None)
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", num_cpus=4,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     print(f"weight sync between two Ray {ray.__version__} actors, {os.cpu_count()} cores, median of {args.repeats}")
-    print(f"| size | pickled torch state_dict MB/s | tutorloop packed MB/s | ratio |")
-    print("|---|---|---|---|")
-    for label, base, ours in bench_sizes(args.repeats):
-        print(f"| {label} | {base:,.0f} | {ours:,.0f} | {ours / base:.1f}x |", flush=True)
+    print("| size | pickled torch state_dict MB/s | tutorloop object store MB/s | tutorloop shared memory MB/s "
+          "| ratio (shared / pickled) |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for label, base, packed, shared in bench_sizes(args.repeats):
+        print(f"| {label} | {base:,.0f} | {packed:,.0f} | {shared:,.0f} | {shared / base:.1f}x |", flush=True)
+        rows.append({"what": f"weight sync {label}, same node (shared memory)", "ours": shared, "baseline": base,
+                     "unit": "MB/s", "ratio": shared / base, "note": f"object store path {packed:,.0f} MB/s; "
+                     "baseline: pickled torch state_dict through Ray"})
     if not args.no_smollm2:
         mb, seconds = bench_lora_adapter(args.repeats)
         print(f"\nSmolLM2-135M LoRA adapter sync (r16, all linear layers, {mb:.1f} MB), trainer actor -> generator "
-              f"actor through the driver, as the loop does it: {seconds * 1e3:.1f} ms")
+              f"actor, as the loop does it: {seconds * 1e3:.1f} ms")
+        rows.append({"what": f"SmolLM2-135M LoRA adapter sync ({mb:.1f} MB)", "ours": seconds * 1e3, "baseline": None,
+                     "unit": "ms", "ratio": None, "note": "trainer actor -> generator actor, target <= 20 ms"})
     ray.shutdown()
+    write_results("weight_sync", rows)
+    return rows
+
+
+def write_results(name: str, rows: list[dict]) -> None:
+    import json
+    import platform
+
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{name}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                   "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

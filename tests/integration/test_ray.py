@@ -145,3 +145,44 @@ def test_a_crashed_run_continues_on_ray_with_the_same_rounds_and_data(ray_local,
     assert [(e["round"], e["problem"]["id"]) for e in episodes] == \
            [(r, p.id) for r in range(2) for p in tasks.sample(2, r)]
     assert (tmp_path / "run" / "checkpoints" / "round-000002").is_dir()  # saved from the actors
+
+
+def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, tiny_lm_dir):
+    import torch
+
+    from tutorloop.agents.generators.hf import HFGenerator
+    from tutorloop.config import Resources, RuntimeConfig
+    from tutorloop.runtime.ray import RayRuntime
+    from tutorloop.trainers.online import OnlineTrainer
+    from tutorloop.trainers.weight_sync import PackedWeights, SharedWeights, sync_weights, unpack
+    from tutorloop.types import SFTExample, TrainBatch
+
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    runtime = RayRuntime(RuntimeConfig(kind="ray", threads_per_actor=1))
+    trainer = runtime.spawn(OnlineTrainer, str(tiny_lm_dir), resources=Resources(cpus=0.5), weights={"sft": 1.0},
+                            lr=1e-2, lora=lora)
+    generator = runtime.spawn(HFGenerator, str(tiny_lm_dir), resources=Resources(cpus=0.5), lora=lora)
+
+    def adapter(actor):
+        return ray.get(actor.__ray_call__.remote(
+            lambda g: {n: p.detach().clone() for n, p in g._sync_targets().items()}))
+
+    async def scenario():
+        assert await trainer.colocated_with(generator)
+        _, handle = await trainer.weights(shared=True)
+        assert isinstance(handle, SharedWeights) and handle.nbytes > 0
+        _, packed = await trainer.weights()
+        assert isinstance(packed, PackedWeights)
+        for step in (1, 2):  # the second sync reuses the segment and the generator's flat layout
+            example = SFTExample(prompt=[{"role": "user", "content": "2+2?"}], completion="The answer is 4.")
+            await trainer.step(TrainBatch(sft=(example,)))
+            assert await sync_weights(trainer, generator) == step
+        return await trainer.weights()
+
+    version, packed = asyncio.run(scenario())
+    sent = dict(unpack(packed))
+    got = adapter(generator.handles[0])
+    assert version == 2 and sent.keys() == got.keys()
+    assert all(torch.equal(sent[n], got[n]) for n in sent)
+    assert ray.get(generator.handles[0].__ray_call__.remote(lambda g: g.version)) == 2
+    runtime.shutdown()

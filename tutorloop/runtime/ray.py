@@ -79,6 +79,7 @@ class RayProxy:
 
     def __init__(self, cls: type, handles: list[Any]) -> None:
         self._cls, self._handles, self._turn = cls, handles, 0
+        self._colocated: bool | None = None
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._cls, name)
@@ -100,8 +101,24 @@ class RayProxy:
     def handles(self) -> list[Any]:
         return list(self._handles)
 
+    async def colocated_with(self, other: Any) -> bool:
+        """Whether this actor and every replica of `other` run on one node (then weights may travel
+        through shared memory). Asked once: a restarted actor comes back on a node with room, so a
+        multi-node cluster could move it, and the reader then says so in its error."""
+        if self._colocated is None:
+            handles = self._handles[:1] + (other.handles if isinstance(other, RayProxy) else [])
+            nodes = await asyncio.gather(*(h.__ray_call__.remote(_node_id) for h in handles))
+            self._colocated = isinstance(other, RayProxy) and len(set(nodes)) == 1
+        return self._colocated
+
 
 _REMOTE: dict[type, Any] = {}
+
+
+def _node_id(actor: Any) -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _remote(cls: type) -> Any:

@@ -39,9 +39,13 @@ class DataParallelTrainer:
         results = await asyncio.gather(*(w.step(s) for w, s in zip(self.workers, shards)))
         return results[0] | {"train/world_size": float(len(self.workers))}
 
-    async def weights(self) -> Any:
+    async def weights(self, shared: bool = False) -> Any:
         await self.connect()  # the broadcast in `join` makes worker 0's weights everyone's
-        return await self.workers[0].weights()
+        return await self.workers[0].weights(shared=shared)
+
+    async def colocated_with(self, generator: Any) -> bool:
+        colocated = getattr(self.workers[0], "colocated_with", None)
+        return bool(colocated) and await colocated(generator)
 
     async def save(self, path: str) -> None:
         await self.workers[0].save(path)

@@ -22,7 +22,7 @@ from tutorloop.errors import UserError
 from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, resolve_model
 from tutorloop.trainers import data_parallel, losses
 from tutorloop.trainers.batching import Encoded, chunks, encode_opd, encode_text, right_aligned
-from tutorloop.trainers.weight_sync import PackedWeights, pack
+from tutorloop.trainers.weight_sync import PackedWeights, SharedSegment, SharedWeights, pack
 from tutorloop.types import OPDExample, PreferencePair, SFTExample, TrainBatch
 
 
@@ -177,8 +177,13 @@ class OnlineTrainer:
         else:
             yield self.reference
 
-    async def weights(self) -> tuple[int, PackedWeights]:
-        """(version, packed tensors) for the student's generator: the adapter only with LoRA."""
+    async def weights(self, shared: bool = False) -> tuple[int, PackedWeights | SharedWeights]:
+        """(version, tensors) for the student's generator: the adapter only with LoRA. `shared`:
+        the generator is on this node, so the tensors go through a shared-memory segment."""
+        if shared:
+            self._segment = getattr(self, "_segment", None) or SharedSegment()
+            if (handle := self._segment.write(self._sync_tensors())) is not None:
+                return self.version, handle
         self._packed = pack(self._sync_tensors(), reuse=getattr(self, "_packed", None))
         return self.version, self._packed
 
@@ -188,8 +193,11 @@ class OnlineTrainer:
         and costs ~80 ms per sync on SmolLM2. Full fine-tuning: the state_dict."""
         if not self.lora:
             return list(self.model.state_dict().items())
-        adapter = f".{self.model.active_adapter}"
-        return [(n.replace(adapter, ""), p.detach()) for n, p in self.model.named_parameters() if "lora_" in n]
+        if not hasattr(self, "_adapter_tensors"):  # the optimizer updates these in place: walk once
+            adapter = f".{self.model.active_adapter}"
+            self._adapter_tensors = [(n.replace(adapter, ""), p.detach()) for n, p in self.model.named_parameters()
+                                     if "lora_" in n]
+        return self._adapter_tensors
 
     async def rendezvous(self) -> tuple[str, int, str]:
         """(host, free port, node id) where worker 0 can host the process group."""

@@ -13,8 +13,9 @@ class Trainer(Protocol):
         """One optimizer step; returns metrics."""
         ...
 
-    async def weights(self) -> tuple[int, list[tuple[str, Any]]]:
-        """(version, tensors) for the student's generator; LoRA: adapter only."""
+    async def weights(self, shared: bool = False) -> tuple[int, Any]:
+        """(version, tensors) for the student's generator; LoRA: adapter only. `shared`: the
+        generator is on this node, so a shared-memory handle may stand in for the bytes."""
         ...
 
     async def save(self, path: str) -> None: ...
