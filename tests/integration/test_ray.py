@@ -186,3 +186,39 @@ def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, 
     assert all(torch.equal(sent[n], got[n]) for n in sent)
     assert ray.get(generator.handles[0].__ray_call__.remote(lambda g: g.version)) == 2
     runtime.shutdown()
+
+
+def test_concurrent_requests_reach_the_actors_as_one_batch_split_across_replicas(ray_local):
+    from tutorloop.config import Resources, RuntimeConfig
+    from tutorloop.runtime.ray import RayRuntime
+    from tutorloop.types import SamplingParams
+
+    class Recorder:  # defined here so Ray ships it by value
+        def __init__(self) -> None:
+            self.batches = []
+
+        async def generate(self, prompts, params):
+            self.batches.append(len(prompts))
+            return [f"{p}/{i}" for p in prompts for i in range(params.n)]
+
+        async def score(self, prompts, target_ids, top_k):
+            self.batches.append(len(prompts))
+            return [f"{p}:{t}" for p, t in zip(prompts, target_ids)]
+
+        async def seen(self):
+            return self.batches
+
+    runtime = RayRuntime(RuntimeConfig(kind="ray", threads_per_actor=1))
+    proxy = runtime.spawn(Recorder, resources=Resources(cpus=0.1, replicas=2))
+
+    async def scenario():
+        two = SamplingParams(n=2)
+        generated = await asyncio.gather(*(proxy.generate([f"p{i}"], two) for i in range(8)))
+        scored = await asyncio.gather(*(proxy.score([f"p{i}"], [i], 3) for i in range(6)))
+        return generated, scored
+
+    generated, scored = asyncio.run(scenario())
+    assert generated == [[f"p{i}/0", f"p{i}/1"] for i in range(8)]  # each caller gets its own n completions
+    assert scored == [[f"p{i}:{i}"] for i in range(6)]
+    assert [ray.get(h.seen.remote()) for h in proxy.handles] == [[4, 3], [4, 3]]  # one call per stage and replica
+    runtime.shutdown()

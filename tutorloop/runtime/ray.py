@@ -20,6 +20,8 @@ BROADCAST = frozenset({"load_weights", "sleep", "wake", "load_sampling_state"})
 """Methods every replica must receive (weights, memory and sampler state); all others go to one replica."""
 MERGED = frozenset({"stats"})
 """Methods whose per-replica dict results are summed."""
+BATCHED = frozenset({"generate", "score"})
+"""Generator methods whose concurrent calls are merged into one actor call per batch."""
 
 
 class RayRuntime:
@@ -75,11 +77,19 @@ class RayRuntime:
 class RayProxy:
     """Looks like an instance of `cls`: a method call returns an awaitable, a class constant
     (`role`, `trainable`) is read from the class. With several replicas, calls go round-robin,
-    except weight loads and sleep/wake, which every replica receives."""
+    except weight loads and sleep/wake, which every replica receives.
+
+    `generate` and `score` requests are batched here, in the driver, before they travel: the
+    episodes' concurrent one-prompt calls become one actor call per stage (split evenly across
+    replicas). Sent one by one, they would reach the actor spread over milliseconds and its own
+    batching would see only the first few, so a stage would run as several small batches."""
 
     def __init__(self, cls: type, handles: list[Any]) -> None:
+        from tutorloop.agents.generators.hf import Coalescer
+
         self._cls, self._handles, self._turn = cls, handles, 0
         self._colocated: bool | None = None
+        self._batcher = Coalescer(self._send)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._cls, name)
@@ -87,9 +97,34 @@ class RayProxy:
             return attr
         if name in BROADCAST or name in MERGED:
             return lambda *a, **k: self._all(name, a, k)
+        if name in BATCHED:
+            return getattr(self, f"_batched_{name}")
         self._turn = (self._turn + 1) % len(self._handles)
         handle = self._handles[self._turn]
         return lambda *a, **k: getattr(handle, name).remote(*a, **k)
+
+    async def _batched_generate(self, prompts: list[Any], params: Any) -> list[Any]:
+        groups = await self._batcher.submit(("generate", params), list(prompts))  # n completions per prompt
+        return [c for group in groups for c in group]
+
+    async def _batched_score(self, prompts: list[Any], target_ids: list[Any], top_k: int) -> list[Any]:
+        return await self._batcher.submit(("score", top_k), list(zip(prompts, target_ids)))
+
+    async def _send(self, key: tuple[str, Any], items: list[Any]) -> list[Any]:
+        """One batch, split evenly across the replicas; results in request order."""
+        method, arg = key
+        size = -(-len(items) // len(self._handles))
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        if method == "generate":
+            calls = [h.generate.remote(part, arg) for h, part in zip(self._handles, parts)]
+        else:
+            calls = [h.score.remote([p for p, _ in part], [t for _, t in part], arg)
+                     for h, part in zip(self._handles, parts)]
+        results = [r for chunk in await asyncio.gather(*calls) for r in chunk]
+        if method == "generate":  # n completions per prompt, grouped so each request gets its own
+            n = len(results) // max(len(items), 1)
+            return [results[i * n:(i + 1) * n] for i in range(len(items))]
+        return results
 
     async def _all(self, name: str, args: tuple, kwargs: dict) -> Any:
         results = await asyncio.gather(*(getattr(h, name).remote(*args, **kwargs) for h in self._handles))

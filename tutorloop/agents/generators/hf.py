@@ -9,6 +9,7 @@ submitted). Sampled-token log-probs come from the raw logits (temperature 1), li
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import Any, Callable, Sequence
 
@@ -42,6 +43,8 @@ class Coalescer:
             flat = [item for items, _ in requests for item in items]
             try:
                 results = self.run(key, flat)
+                if inspect.isawaitable(results):  # a remote call (RayProxy): await it without blocking the loop
+                    results = await results
             except Exception as exc:  # every waiter learns of the failure; none hangs
                 for _, future in requests:
                     future.set_exception(exc)
