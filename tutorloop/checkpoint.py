@@ -33,7 +33,7 @@ from tutorloop.errors import UserError
 
 FORMAT = 1
 PREFIX = "round-"
-RESUMABLE = ("run_dir", "name", "loop.rounds", "eval.*", "log.*", "checkpoint.*", "runtime.*",
+RESUMABLE = ("run_dir", "name", "loop.rounds", "loop.time_budget_minutes", "eval.*", "log.*", "checkpoint.*", "runtime.*",
              "agents.*.resources.*", "trainer.resources.*")
 """Config keys (fnmatch patterns) that may differ between a run and its continuation: where things run,
 what is logged and how long it goes on; none changes what a round computes from the saved state."""

@@ -226,6 +226,9 @@ class LoopConfig(Strict):
     """Most lessons of each objective in one optimizer step; the rest wait in the buffer."""
     buffer_size: int = Field(256, ge=1)
     """Lessons of each objective kept waiting; the oldest are evicted first."""
+    time_budget_minutes: float | None = Field(None, gt=0)
+    """Start no round once the rounds of this process have taken this long (evaluation time not
+    counted); `rounds` stays the upper bound. For comparisons under a fixed wall clock."""
 
 
 class CheckpointConfig(Strict):
@@ -243,6 +246,9 @@ class EvalConfig(Strict):
     """Evaluate the trained student after the last round."""
     max_new_tokens: int = Field(128, ge=1)
     """Reply length at evaluation (greedy and sampled)."""
+    every: int = Field(0, ge=0)
+    """Also evaluate after every this many rounds (0: only before and after), logged as
+    `eval/accuracy` next to `time/train_seconds`: held-out accuracy over training time."""
     problems: Literal["held_out", "first"] = "held_out"
     """`tutorloop eval` only. `held_out`: the run's eval split (tasks.num_eval problems held out from
     training, as the loop evaluates). `first`: the first tasks.num_eval problems of the source in

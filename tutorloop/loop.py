@@ -46,8 +46,10 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
                  first_round=saved.progress.rounds_done if saved else 0, wandb_id=saved.wandb_id if saved else None)
     progress = await start(saved, cfg, tasks, log, trainer=trainer, generators=generators, buffer=buffer)
-    version = progress.version
+    version, train_seconds = progress.version, 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
+        if over_budget(train_seconds, cfg.loop.time_budget_minutes, log):
+            break
         began = time.perf_counter()
         problems_P = tasks.sample(cfg.loop.problems_per_round, r)
         episodes_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
@@ -60,12 +62,16 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
         version = await sync_weights(trainer, generators["student"])  # next round samples the new policy
         metrics |= await generation_metrics(generators) | {"buffer/dropped_stale": float(buffer.dropped_stale)}
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
+        train_seconds += timing["round/seconds"]
+        if cfg.eval.every and (r + 1) % cfg.eval.every == 0 and r + 1 < cfg.loop.rounds:  # accuracy over time
+            metrics |= await evaluate(generators["student"], tasks, cfg, f"round {r}", log, key="eval/accuracy")
+        metrics["time/train_seconds"] = train_seconds
         log.write(r, episode_metrics(episodes_P) | metrics | timing, episodes_P)
         progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
             await store.save(progress, trainer=trainer, generators=generators, buffer=buffer,
                              wandb_id=log.wandb_id, config=config_dict(cfg))
-    summary = dict(progress.summary)
+    summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
         summary |= await evaluate(generators["student"], tasks, cfg, "after", log)
     await save_model(trainer, run_dir / "student")
@@ -112,11 +118,20 @@ async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], ru
     raise AssertionError("unreachable")
 
 
-async def evaluate(generator: Any, tasks: Any, cfg: RunConfig, when: str, log: RunLog) -> dict[str, float]:
+async def evaluate(generator: Any, tasks: Any, cfg: RunConfig, when: str, log: RunLog,
+                   key: str | None = None) -> dict[str, float]:
     result = await greedy_accuracy(generator, tasks.eval, max_new_tokens=cfg.eval.max_new_tokens)
-    log.note(f"eval accuracy {when} training: {result['accuracy']:.3f} "
+    log.note(f"eval accuracy {when}{' training' if key is None else ''}: {result['accuracy']:.3f} "
              f"({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)")
-    return {f"eval/accuracy_{when}": result["accuracy"]}
+    return {key or f"eval/accuracy_{when}": result["accuracy"]}
+
+
+def over_budget(train_seconds: float, budget_minutes: float | None, log: RunLog) -> bool:
+    """The wall-clock budget is spent: the rounds stop early (the eval after still runs)."""
+    if budget_minutes is None or train_seconds < budget_minutes * 60:
+        return False
+    log.note(f"time budget of {budget_minutes:g} min spent after {train_seconds:.0f} s of rounds; stopping")
+    return True
 
 
 async def generation_metrics(generators: dict[str, Any]) -> dict[str, float]:

@@ -91,3 +91,24 @@ def test_wandb_offline_run_has_metrics_and_transcripts(tmp_path, tiny_lm_dir, ti
     asyncio.run(loop.run(cfg))
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert list(offline.glob("*.wandb"))
+
+
+def test_eval_every_round_and_a_time_budget_stop_the_rounds_early(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    # A budget of 1/6000 min (10 ms) is spent by the first round, so exactly one round runs of the 3.
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 3, "time_budget_minutes": 1 / 6000},
+                      eval={"every": 1, "before": True, "after": True, "max_new_tokens": 6})
+    summary = asyncio.run(loop.run(cfg))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    assert 0.0 <= rows[0]["eval/accuracy"] <= 1.0 and rows[0]["time/train_seconds"] > 0
+    assert summary["time/train_seconds"] == rows[0]["time/train_seconds"]
+    assert {"eval/accuracy_before", "eval/accuracy_after"} <= summary.keys()
+
+
+def test_eval_every_two_rounds_without_a_budget_runs_every_round(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 3, "problems_per_round": 2},
+                      eval={"every": 2, "before": False, "after": False, "max_new_tokens": 6})
+    asyncio.run(loop.run(cfg))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [("eval/accuracy" in r) for r in rows] == [False, True, False]  # the last round is "after"'s job
+    assert rows[0]["time/train_seconds"] < rows[1]["time/train_seconds"] < rows[2]["time/train_seconds"]
