@@ -1,13 +1,15 @@
 # Two commands for a fresh machine:
 #   make run   - set up .venv, then train the embedded default and print eval accuracy before and after
 #   make test  - set up .venv, then run the default test tier
+#   make bench - speed against TRL, plain transformers and pickled weight sync (bench/run_all.py)
+#   make efficacy - SFT / DPO / OPD / mixed under one wall-clock budget (bench/efficacy.py)
 # torch is installed first and alone: any other torch request pulls a multi-GB CUDA build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test bench efficacy setup clean
 
 setup: $(STAMP)
 
@@ -23,6 +25,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py $(ARGS)
+
+efficacy: $(STAMP)
+	$(PY) bench/efficacy.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,83 @@
+"""Every benchmark in one command, each in a fresh process, then one table of their results.
+
+    .venv/bin/python bench/run_all.py [--quick] [--only trl_speed,smollm2_speed,weight_sync]
+    make bench
+
+Each benchmark writes bench/results/NAME.json (rows of what, ours, baseline, unit, ratio, note);
+this script runs them one after another (never side by side: they time a 2-core CPU) and writes
+bench/results/TABLE.md with the date and the machine. The learning-efficacy run is separate and
+long (bench/efficacy.py, `make efficacy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("trl_speed", "smollm2_speed", "weight_sync")
+
+
+def run(name: str, quick: bool) -> list[dict]:
+    command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if quick else [])]
+    print(f"== {name}: {' '.join(command[1:])}", flush=True)
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=HERE.parent)
+    if done.returncode != 0:
+        raise SystemExit(f"run_all: {name} failed (exit {done.returncode})")
+    print(f"== {name}: {time.perf_counter() - began:.0f} s", flush=True)
+    data = json.loads((HERE / "results" / f"{name}.json").read_text())
+    return data["rows"] if isinstance(data, dict) else data
+
+
+def cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with `bench/run_all.py`.", "",
+             "| bench | what | tutorloop | baseline | unit | ratio | note |", "|---|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        for r in rows:
+            ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-"
+            lines.append(f"| {name} | {r['what']} | {cell(r.get('ours'))} | {cell(r.get('baseline'))} | "
+                         f"{r.get('unit', '')} | {ratio} | {r.get('note', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke mode: fewer steps and repeats")
+    parser.add_argument("--only", default=",".join(BENCHES))
+    args = parser.parse_args(argv)
+    names = args.only.split(",")
+    if unknown := [n for n in names if n not in BENCHES]:
+        raise SystemExit(f"run_all: --only: unknown {unknown}; choose from {list(BENCHES)}")
+    results = {name: run(name, args.quick) for name in names}
+    text = table(results)
+    (HERE / "results" / "TABLE.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
