@@ -131,13 +131,17 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False, field: str = 
 
 
 def load_causal_lm(path: Path, dtype: str, *, trust_remote_code: bool = False) -> Any:
-    """Weights from safetensors only: a pickle file (`pytorch_model.bin`) can run code when loaded."""
+    """Weights from safetensors only: a pickle file (`pytorch_model.bin`) can run code when loaded.
+    `dtype`: float32, bfloat16, or auto (the faster of the two here, see `tutorloop.hardware`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tutorloop.hardware import resolve_dtype
+
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True,
-                                                    use_safetensors=True, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype)),
+                                                    local_files_only=True, use_safetensors=True,
+                                                    trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(_load_failure(path, exc, "model")) from None
 
