@@ -119,3 +119,31 @@ def test_lora_sync_sends_only_adapter_tensors_and_generator_follows(tiny_lm_dir,
         a = forward_targets(trainer.model, [ctx], [tgt], trainer.tokenizer.pad_token_id)[0]
         b = forward_targets(gen.model, [ctx], [tgt], gen.tokenizer.pad_token_id)[0]
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_shared_prompt_dpo_forward_matches_unpacked_rows(tiny_lm_dir, lora):
+    """DPO packs [prompt | chosen | rejected] in one row; each completion's log-prob (policy and
+    reference) and the policy gradient must equal those of its own unpacked row."""
+    trainer = _trainer(tiny_lm_dir, {"sft": 0, "dpo": 1, "opd": 0}, lora=lora)
+    with torch.no_grad():  # a reference that differs from the policy, so a swap would show
+        for p in trainer.params[:2]:
+            p.add_(0.05)
+    pairs = (PreferencePair(PROMPT, "The answer is 5.", "It is six, I think."),
+             PreferencePair(PROMPTS[1], "15", "The answer is 50, since 10 times 5 is 50."),
+             PreferencePair(PROMPTS[2], "Seven.", "8"))
+    chunk = trainer._encode_dpo(pairs)
+    packed = trainer._pair_logps(chunk)
+    packed[0].sum().backward()
+    packed_grads = [p.grad.clone() for p in trainer.params]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    rows = [c for c, _ in chunk] + [r for _, r in chunk]
+    policy_B = trainer._sequence_logps(rows)
+    with torch.no_grad(), trainer._reference() as reference:
+        ref_B = trainer._sequence_logps(rows, reference)
+    policy_B.sum().backward()
+    torch.testing.assert_close(packed[0], policy_B, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[1], ref_B, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(policy_B, ref_B)
+    for got, want in zip(packed_grads, (p.grad for p in trainer.params)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

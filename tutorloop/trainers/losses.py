@@ -38,13 +38,19 @@ def _masked(x: Tensor, mask: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------- #
 
 
+# Elements of logits normalized in one call by `token_logprobs` / `indexed_logprobs`: small
+# batches take one vectorized call instead of one per row, while the transient [rows, T, V]
+# temporaries stay near 64 MB (SmolLM2: 49k vocab x 512 tokens is 100 MB a row, so one row a call).
+_NORMALIZE_NUMEL = 1 << 24
+
+
 def token_logprobs(logits_B_T_V: Tensor, labels_B_T: Tensor, temperature: float = 1.0) -> Tensor:
     """log softmax(logits / temperature)[label] per position; labels of -100 give 0.
 
     Positions are already aligned: `logits_B_T_V[:, t]` scores `labels_B_T[:, t]` (shift before
     calling). Equivalent to `log_softmax(logits / tau).gather(labels)` but never holds a second
-    [B, T, V] tensor: one row of the batch is normalized at a time (TRL `selective_log_softmax`).
-    Half-precision logits are upcast per row, so the result is float32 for them.
+    [B, T, V] tensor: a few rows of the batch are normalized at a time (TRL `selective_log_softmax`).
+    Half-precision logits are upcast per group of rows, so the result is float32 for them.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -53,22 +59,43 @@ def token_logprobs(logits_B_T_V: Tensor, labels_B_T: Tensor, temperature: float 
         return torch.zeros(labels_B_T.shape, dtype=torch.promote_types(logits_B_T_V.dtype, torch.float32),
                            device=logits_B_T_V.device)
     safe_labels_B_T = labels_B_T.masked_fill(~valid_B_T, 0)
-    rows_T = []
-    for row_logits_T_V, row_labels_T in zip(logits_B_T_V, safe_labels_B_T, strict=True):
-        if temperature != 1.0:
-            row_logits_T_V = row_logits_T_V / temperature
-        if row_logits_T_V.dtype in (torch.float32, torch.float64):
-            # log_softmax(z)_y = z_y - logsumexp(z): keeps only the gathered values and one scalar
-            # per position for backward instead of a full [T, V] log-softmax.
-            picked_T = row_logits_T_V.gather(-1, row_labels_T.unsqueeze(-1)).squeeze(-1)
-            rows_T.append(picked_T - torch.logsumexp(row_logits_T_V, dim=-1))
-        else:
-            # z_y - logsumexp(z) cancels catastrophically in bf16 (TRL notes the same), so
-            # normalize in float32 one row at a time.
-            row_logp_T_V = F.log_softmax(row_logits_T_V.float(), dim=-1)
-            rows_T.append(row_logp_T_V.gather(-1, row_labels_T.unsqueeze(-1)).squeeze(-1))
-    logp_B_T = torch.stack(rows_T)
+    rows = max(1, _NORMALIZE_NUMEL // max(1, logits_B_T_V[0].numel()))
+    groups = [_picked_logprobs(logits_G_T_V, labels_G_T, temperature)
+              for logits_G_T_V, labels_G_T in zip(logits_B_T_V.split(rows), safe_labels_B_T.split(rows), strict=True)]
+    logp_B_T = groups[0] if len(groups) == 1 else torch.cat(groups)
     return logp_B_T.masked_fill(~valid_B_T, 0.0)
+
+
+def _picked_logprobs(logits_G_T_V: Tensor, labels_G_T: Tensor, temperature: float) -> Tensor:
+    if temperature != 1.0:
+        logits_G_T_V = logits_G_T_V / temperature
+    if logits_G_T_V.dtype in (torch.float32, torch.float64):
+        # log_softmax(z)_y = z_y - logsumexp(z): keeps only the gathered values and one scalar
+        # per position for backward instead of a full [T, V] log-softmax.
+        picked_G_T = logits_G_T_V.gather(-1, labels_G_T.unsqueeze(-1)).squeeze(-1)
+        return picked_G_T - torch.logsumexp(logits_G_T_V, dim=-1)
+    # z_y - logsumexp(z) cancels catastrophically in bf16 (TRL notes the same), so normalize in
+    # float32, a group of rows at a time.
+    logp_G_T_V = F.log_softmax(logits_G_T_V.float(), dim=-1)
+    return logp_G_T_V.gather(-1, labels_G_T.unsqueeze(-1)).squeeze(-1)
+
+
+def indexed_logprobs(logits_B_T_V: Tensor, positions_B_N: Tensor, labels_B_N: Tensor) -> Tensor:
+    """`token_logprobs` for targets read at given positions: entry n of row b is
+    log softmax(logits_B_T_V[b, positions_B_N[b, n]])[labels_B_N[b, n]]; labels of -100 give 0.
+
+    Several targets may share a position: with a shared prompt, the prompt's last token predicts
+    the first token of both the chosen and the rejected completion. Each position is normalized
+    once (logsumexp in float32) and no [B, N, V] copy of the logits is made.
+    """
+    valid_B_N = labels_B_N != IGNORE_INDEX
+    safe_labels_B_N = labels_B_N.masked_fill(~valid_B_N, 0)
+    rows = max(1, _NORMALIZE_NUMEL // max(1, logits_B_T_V[0].numel()))
+    lse_B_T = torch.cat([torch.logsumexp(group.float(), dim=-1) for group in logits_B_T_V.split(rows)])
+    batch_B_N = torch.arange(labels_B_N.shape[0], device=labels_B_N.device).unsqueeze(-1).expand_as(labels_B_N)
+    picked_B_N = logits_B_T_V[batch_B_N, positions_B_N, safe_labels_B_N].float()
+    logp_B_N = picked_B_N - lse_B_T.gather(1, positions_B_N)
+    return logp_B_N.masked_fill(~valid_B_N, 0.0)
 
 
 def sequence_logps(logp_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
@@ -217,11 +244,21 @@ def topk_with_tail(
     `teacher_topk_logp_N_K` are normalized log-probs of the teacher's full distribution (as
     served by vLLM `logprobs`/`prompt_logprobs`), not renormalized over the top-k.
     """
+    pad_N_K, safe_ids_N_K = _topk_padding(teacher_topk_ids_N_K, teacher_topk_logp_N_K)
+    return _with_tail(student_logp_N_V.gather(-1, safe_ids_N_K), teacher_topk_logp_N_K, pad_N_K)
+
+
+def _topk_padding(teacher_topk_ids_N_K: Tensor, teacher_topk_logp_N_K: Tensor) -> tuple[Tensor, Tensor]:
+    """(padding slots, ids safe to gather with) under `topk_with_tail`'s padding convention."""
+    pad_N_K = (teacher_topk_ids_N_K < 0) | (teacher_topk_logp_N_K == float("-inf"))
+    return pad_N_K, teacher_topk_ids_N_K.clamp(min=0).long()  # gather wants int64; servers may send int32
+
+
+def _with_tail(student_topk_N_K: Tensor, teacher_topk_logp_N_K: Tensor, pad_N_K: Tensor) -> tuple[Tensor, Tensor]:
+    """The K1 buckets of `topk_with_tail` from the student's log-probs already gathered at the ids."""
     neg_inf = float("-inf")
-    pad_N_K = (teacher_topk_ids_N_K < 0) | (teacher_topk_logp_N_K == neg_inf)
-    safe_ids_N_K = teacher_topk_ids_N_K.clamp(min=0).long()  # gather wants int64; servers may send int32
-    student_topk_N_K = student_logp_N_V.gather(-1, safe_ids_N_K).masked_fill(pad_N_K, neg_inf)
-    teacher_topk_N_K = teacher_topk_logp_N_K.to(student_logp_N_V.dtype).masked_fill(pad_N_K, neg_inf)
+    student_topk_N_K = student_topk_N_K.masked_fill(pad_N_K, neg_inf)
+    teacher_topk_N_K = teacher_topk_logp_N_K.to(student_topk_N_K.dtype).masked_fill(pad_N_K, neg_inf)
     student_N_K1 = torch.cat([student_topk_N_K, _tail_logp(student_topk_N_K)], dim=-1)
     teacher_N_K1 = torch.cat([teacher_topk_N_K, _tail_logp(teacher_topk_N_K)], dim=-1)
     return student_N_K1, teacher_N_K1
@@ -241,7 +278,8 @@ def opd_jsd_sum(
 
     The teacher log-probs are used as given: with served top-k there are no teacher logits to
     rescale, so score the teacher at the temperature wanted (tau = 1 for KD/OPD, METHODS 4.11.5).
-    Only masked positions are normalized (in float32), so padding costs no [*, V] memory.
+    Only masked positions are normalized (in float32), so padding costs no [*, V] memory, and
+    only the K listed log-probs are formed (z_k - logsumexp(z), no [N, V] log-softmax).
     Returns a scalar; the caller divides by the global count of masked positions (TRL GKD
     "batchmean" with labels == sum / number of unmasked tokens).
     """
@@ -249,10 +287,12 @@ def opd_jsd_sum(
         raise ValueError(f"temperature must be positive, got {temperature}")
     keep_B_T = mask_B_T != 0
     logits_N_V = student_logits_B_T_V[keep_B_T].float()
-    student_logp_N_V = F.log_softmax(logits_N_V / temperature, dim=-1)
-    student_N_K1, teacher_N_K1 = topk_with_tail(
-        student_logp_N_V, teacher_topk_ids_B_T_K[keep_B_T], teacher_topk_logp_B_T_K[keep_B_T].float()
-    )
+    if temperature != 1.0:
+        logits_N_V = logits_N_V / temperature
+    teacher_topk_logp_N_K = teacher_topk_logp_B_T_K[keep_B_T].float()
+    pad_N_K, safe_ids_N_K = _topk_padding(teacher_topk_ids_B_T_K[keep_B_T], teacher_topk_logp_N_K)
+    student_topk_N_K = logits_N_V.gather(-1, safe_ids_N_K) - torch.logsumexp(logits_N_V, dim=-1, keepdim=True)
+    student_N_K1, teacher_N_K1 = _with_tail(student_topk_N_K, teacher_topk_logp_N_K, pad_N_K)
     jsd_N = generalized_jsd(student_N_K1, teacher_N_K1, beta=beta)
     return (jsd_N * mask_B_T[keep_B_T].to(jsd_N.dtype)).sum()
 
