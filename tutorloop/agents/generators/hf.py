@@ -298,17 +298,23 @@ def _next_logits(model: Any, input_ids: Any, attention: Any, positions: Any, cac
 
 
 def pick_tokens(logits_B_V: Any, temperature: float, top_p: float) -> Any:
-    """Argmax at temperature 0. Otherwise a sample after transformers' warpers, in their order:
-    temperature, the TOP_K most likely tokens, then the nucleus `top_p`."""
+    """Argmax at temperature 0, else a sample from `candidates`."""
     import torch
 
     if temperature == 0:
         return logits_B_V.argmax(-1)
+    probs_B_K, ids_B_K = candidates(logits_B_V, temperature, top_p)
+    return ids_B_K.gather(-1, torch.multinomial(probs_B_K, 1)).squeeze(-1)
+
+
+def candidates(logits_B_V: Any, temperature: float, top_p: float) -> tuple[Any, Any]:
+    """The sampling distribution after transformers' warpers, in their order: temperature, the TOP_K
+    most likely tokens, then the nucleus `top_p`. Returns (unnormalized probs, token ids), [B, K]."""
     top_B_K, ids_B_K = (logits_B_V / temperature).topk(min(TOP_K, logits_B_V.shape[-1]), dim=-1)
     probs_B_K = top_B_K.softmax(-1)
     if top_p < 1.0:  # a token goes once the more likely ones already hold top_p (TopPLogitsWarper)
         probs_B_K = probs_B_K.masked_fill(probs_B_K.cumsum(-1) - probs_B_K >= top_p, 0.0)
-    return ids_B_K.gather(-1, torch.multinomial(probs_B_K, 1)).squeeze(-1)
+    return probs_B_K, ids_B_K
 
 
 class RegexStop:
