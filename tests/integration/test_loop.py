@@ -62,7 +62,7 @@ def test_three_rounds_change_the_student_and_not_the_teacher(tmp_path, tiny_lm_d
     student_turns = [t for e in episodes for t in e["turns"] if t["role"] == "student"]
     assert {t["policy_version"] for t in student_turns} == {0, 1, 2}  # each round sampled the newest weights
     assert all(t["token_ids"] and len(t["token_ids"]) == len(t["logprobs"]) for t in student_turns)
-    assert set(summary) == {"eval/accuracy_before", "eval/accuracy_after"}
+    assert set(summary) == {"eval/accuracy_before", "eval/accuracy_after", "time/train_seconds"}
 
     adapter = load_file(run_dir / "student" / "adapter_model.safetensors")
     assert any(name.endswith("lora_B.weight") and v.abs().sum() > 0 for name, v in adapter.items())  # B starts at 0
