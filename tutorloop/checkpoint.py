@@ -139,10 +139,22 @@ async def restore(checkpoint: Checkpoint, *, trainer: Any, generators: Mapping[s
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, except those RESUMABLE matches."""
-    a, b = _flatten(saved), _flatten(now)
+    """Dotted keys whose values differ, except those RESUMABLE matches. A key the saved config lacks
+    counts as its default: a checkpoint from before the key existed still resumes where nothing changed."""
+    a, b = (_flatten(tree) for tree in _with_defaults(saved, now))
     return sorted(key for key in a.keys() | b.keys() if a.get(key, "<absent>") != b.get(key, "<absent>")
                   and not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE))
+
+
+def _with_defaults(saved: dict[str, Any], now: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both configs read through today's schema, so absent keys take their defaults; both as they are
+    when either does not validate (a key since removed), and then absent differs from present."""
+    from tutorloop.config import config_dict, validate_config
+
+    try:
+        return config_dict(validate_config(saved)), config_dict(validate_config(now))
+    except UserError:
+        return saved, now
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

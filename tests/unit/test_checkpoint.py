@@ -186,3 +186,15 @@ def test_resumed_logs_drop_rounds_to_be_redone_and_a_torn_line(tmp_path):
     keep_rounds_before(path, 0)
     assert path.read_text() == ""
     keep_rounds_before(tmp_path / "absent.jsonl", 0)  # nothing to trim
+
+
+def test_a_key_added_since_the_checkpoint_counts_as_its_default():
+    from tutorloop.config import config_dict, load_config
+
+    now = config_dict(load_config("configs/default.yaml"))
+    saved = {**now, "tasks": {k: v for k, v in now["tasks"].items() if k not in ("split", "question_field")}}
+    assert config_changes(saved, now) == []  # written before tasks.split and tasks.question_field existed
+    assert config_changes(saved, {**now, "tasks": now["tasks"] | {"split": "test"}}) == ["tasks.split"]
+    assert config_changes({**saved, "seed": now["seed"] + 1}, now) == ["seed"]
+    # A key today's schema does not know: both compared as they are, so absent keys differ again.
+    assert config_changes({**saved, "gone": 1}, now) == ["gone", "tasks.question_field", "tasks.split"]
