@@ -68,20 +68,7 @@ def pack(named_tensors: Iterable[tuple[str, Any]], bucket_bytes: int = BUCKET_BY
     more in page faults than the copy itself (24 ms for a 20 MB adapter on this CPU)."""
     import torch
 
-    index, groups, current, size = [], [], [], 0
-    for name, t in named_tensors:
-        t = t.detach()
-        nbytes = t.numel() * t.element_size()
-        alone = nbytes >= ALONE_BYTES  # big tensors travel as zero-copy views of themselves
-        if current and (alone or t.dtype != current[0].dtype or size + nbytes > bucket_bytes or
-                        current[0].numel() * current[0].element_size() >= ALONE_BYTES):
-            groups.append(current)
-            current, size = [], 0
-        index.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), len(groups), size))
-        current.append(t)
-        size += nbytes
-    if current:
-        groups.append(current)
+    index, groups = _groups(named_tensors, bucket_bytes, alone_bytes=ALONE_BYTES)
     if reuse is not None and reuse.index == tuple(index) and all(len(g) > 1 for g in groups):
         for g, bucket in zip(groups, reuse.buckets):
             torch.cat([t.reshape(-1).cpu() for t in g], out=torch.from_numpy(bucket).view(g[0].dtype))
@@ -91,13 +78,16 @@ def pack(named_tensors: Iterable[tuple[str, Any]], bucket_bytes: int = BUCKET_BY
                          index=tuple(index))
 
 
-def _groups(named_tensors: Iterable[tuple[str, Any]], bucket_bytes: int) -> tuple[list[Any], list[list[Any]]]:
-    """(index, tensors per bucket) with `pack`'s bucketing: one dtype per bucket, at most `bucket_bytes`."""
+def _groups(named_tensors: Iterable[tuple[str, Any]], bucket_bytes: int,
+            alone_bytes: float = math.inf) -> tuple[list[Any], list[list[Any]]]:
+    """(index, tensors per bucket): one dtype per bucket, at most `bucket_bytes`; a tensor of at least
+    `alone_bytes` gets a bucket of its own (`pack` sends those as zero-copy views of themselves)."""
     index, groups, current, size = [], [], [], 0
     for name, t in named_tensors:
         t = t.detach()
         nbytes = t.numel() * t.element_size()
-        if current and (t.dtype != current[0].dtype or size + nbytes > bucket_bytes):
+        if current and (t.dtype != current[0].dtype or size + nbytes > bucket_bytes or nbytes >= alone_bytes
+                        or current[0].numel() * current[0].element_size() >= alone_bytes):
             groups.append(current)
             current, size = [], 0
         index.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), len(groups), size))
