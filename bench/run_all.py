@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = ("trl_speed", "smollm2_speed", "weight_sync")
 
 
-def run(name: str, quick: bool) -> list[dict]:
+def run(name: str, quick: bool) -> None:
     command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if quick else [])]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     began = time.perf_counter()
@@ -32,8 +32,18 @@ def run(name: str, quick: bool) -> list[dict]:
     if done.returncode != 0:
         raise SystemExit(f"run_all: {name} failed (exit {done.returncode})")
     print(f"== {name}: {time.perf_counter() - began:.0f} s", flush=True)
-    data = json.loads((HERE / "results" / f"{name}.json").read_text())
-    return data["rows"] if isinstance(data, dict) else data
+
+
+def latest_results() -> dict[str, dict]:
+    """Each benchmark's last results file, just written or older: a rerun of some (`--only`) still
+    gives the whole table, each bench with the date it ran."""
+    results = {}
+    for name in BENCHES:
+        path = HERE / "results" / f"{name}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            results[name] = data if isinstance(data, dict) else {"rows": data}
+    return results
 
 
 def cell(value: object) -> str:
@@ -44,11 +54,12 @@ def cell(value: object) -> str:
     return str(value)
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with `bench/run_all.py`.", "",
+def table(results: dict[str, dict]) -> str:
+    dates = ", ".join(f"{name} {data.get('date', 'undated')}" for name, data in results.items())
+    lines = [f"Measured on {machine()} with `bench/run_all.py` ({dates}).", "",
              "| bench | what | tutorloop | baseline | unit | ratio | note |", "|---|---|---|---|---|---|---|"]
-    for name, rows in results.items():
-        for r in rows:
+    for name, data in results.items():
+        for r in data["rows"]:
             ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-"
             lines.append(f"| {name} | {r['what']} | {cell(r.get('ours'))} | {cell(r.get('baseline'))} | "
                          f"{r.get('unit', '')} | {ratio} | {r.get('note', '')} |")
@@ -73,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     names = args.only.split(",")
     if unknown := [n for n in names if n not in BENCHES]:
         raise SystemExit(f"run_all: --only: unknown {unknown}; choose from {list(BENCHES)}")
-    results = {name: run(name, args.quick) for name in names}
-    text = table(results)
+    for name in names:
+        run(name, args.quick)
+    text = table(latest_results())
     (HERE / "results" / "TABLE.md").write_text(text)
     print(text)
 

@@ -9,10 +9,9 @@ Baselines (fp32, the plain way):
 - generation: `model.generate` sampling (temperature 0.7), 64 new tokens, batch 8 and 32.
 Ours, on the same token sequences and prompts:
 - training: `OnlineTrainer.step` built from configs/default.yaml (LoRA r16 on all linear layers) with
-  SFT only and max_seq_len 128, and with `trainer.lora=null` (full-parameter); each in fp32, with bf16
-  weights (`trainer.dtype=bfloat16`; under LoRA peft keeps the adapters fp32), and with the forward
-  under torch.autocast(bf16) and fp32 weights (the trainer change this bench proposes, applied here by
-  wrapping the model's forward);
+  SFT only and max_seq_len 128, as the config sets it and with `trainer.lora=null` (full-parameter);
+  each in fp32, with bf16 weights (`trainer.dtype=bfloat16`; under LoRA peft keeps the adapters fp32),
+  and with fp32 weights under bf16 autocast (`trainer.autocast=bfloat16`);
 - generation: `HFGenerator.generate` in fp32 and bf16 at batch 8 and 32.
 
 Each variant runs once to warm up, then `--repeats` rounds take turns variant by variant; the figure
@@ -183,7 +182,7 @@ def plain_trainer(dtype: str = "float32") -> Callable[[list[list[int]]], None]:
     return step
 
 
-def ours_trainer(*overrides: str, autocast: bool = False) -> Any:
+def ours_trainer(*overrides: str) -> Any:
     """OnlineTrainer from configs/default.yaml with SFT only on 128-token sequences, plus `overrides`."""
     from tutorloop.config import load_config
     from tutorloop.runtime.local import LocalRuntime
@@ -191,38 +190,22 @@ def ours_trainer(*overrides: str, autocast: bool = False) -> Any:
 
     cfg = load_config(ROOT / "configs" / "default.yaml", ["trainer.weights.dpo=0", "trainer.weights.opd=0",
                                                           f"trainer.max_seq_len={TRAIN_LEN}", *overrides])
-    trainer = build_trainer(LocalRuntime(), cfg)
-    if autocast:
-        autocast_forward(trainer.model)
-    return trainer
+    return build_trainer(LocalRuntime(), cfg)
 
 
-def autocast_forward(model: Any) -> None:
-    """Run `model`'s forward under torch.autocast(bf16) with fp32 weights; backward and the optimizer
-    stay outside it: what `trainer.dtype: auto` should do (see the report), applied from outside."""
-    import torch
-
-    forward = model.forward
-
-    def autocast(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return forward(*args, **kwargs)
-
-    model.forward = autocast
-
-
-TRAIN_VARIANTS = {
-    # label: (config overrides, forward under autocast)
-    "ours LoRA fp32 (default)": ((), False),
-    "ours LoRA bf16 weights": (("trainer.dtype=bfloat16",), False),
-    "ours LoRA fp32 + autocast bf16": ((), True),
-    "ours full fp32": (("trainer.lora=null",), False),
-    "ours full fp32 + autocast bf16": (("trainer.lora=null",), True),
-    "ours full bf16 weights": (("trainer.lora=null", "trainer.dtype=bfloat16"), False),
+DEFAULT = "ours LoRA, configs/default.yaml"
+TRAIN_VARIANTS = {  # label: config overrides
+    DEFAULT: (),
+    "ours LoRA fp32": ("trainer.autocast=off",),
+    "ours LoRA bf16 weights": ("trainer.dtype=bfloat16", "trainer.autocast=off"),
+    "ours LoRA fp32 + autocast bf16": ("trainer.autocast=bfloat16",),
+    "ours full fp32": ("trainer.lora=null", "trainer.autocast=off"),
+    "ours full bf16 weights": ("trainer.lora=null", "trainer.dtype=bfloat16", "trainer.autocast=off"),
+    "ours full fp32 + autocast bf16": ("trainer.lora=null", "trainer.autocast=bfloat16"),
 }
 
 
-def bench_training(repeats: int, variants: dict[str, tuple[tuple[str, ...], bool]]) -> dict[str, tuple[float, float]]:
+def bench_training(repeats: int, variants: dict[str, tuple[str, ...]]) -> dict[str, tuple[float, float]]:
     """(best seconds per step, tokens per step) for the plain fp32 step and each of our variants."""
     from tutorloop.models import load_tokenizer, resolve_model
 
@@ -230,8 +213,8 @@ def bench_training(repeats: int, variants: dict[str, tuple[tuple[str, ...], bool
     tokens = float(TRAIN_ROWS * TRAIN_LEN)
     plain = plain_trainer()
     runs: dict[str, Callable[[], float]] = {"plain full fp32": lambda: (plain(sequences), tokens)[1]}
-    for label, (overrides, autocast) in variants.items():
-        trainer = ours_trainer(*overrides, autocast=autocast)
+    for label, overrides in variants.items():
+        trainer = ours_trainer(*overrides)
         runs[label] = lambda t=trainer: (asyncio.run(t.step(batch)), tokens)[1]
     return interleaved(runs, repeats)
 
@@ -315,9 +298,9 @@ def dtype_table(gen: dict, train: dict) -> list[tuple[str, float | None, float |
          tok_s(train, "ours full bf16 weights")),
         ("training step, full (tokens/s; bf16 = autocast)", tok_s(train, "ours full fp32"),
          tok_s(train, "ours full fp32 + autocast bf16")),
-        ("training step, LoRA (tokens/s; bf16 = bf16 base weights)", tok_s(train, "ours LoRA fp32 (default)"),
+        ("training step, LoRA (tokens/s; bf16 = bf16 base weights)", tok_s(train, "ours LoRA fp32"),
          tok_s(train, "ours LoRA bf16 weights")),
-        ("training step, LoRA (tokens/s; bf16 = autocast)", tok_s(train, "ours LoRA fp32 (default)"),
+        ("training step, LoRA (tokens/s; bf16 = autocast)", tok_s(train, "ours LoRA fp32"),
          tok_s(train, "ours LoRA fp32 + autocast bf16")),
     ]
 
@@ -376,7 +359,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     auto, speedup = auto_dtype(), bf16_speedup()
     gen = bench_generation(repeats, (8,) if args.quick else (8, 32))
     gc.collect()
-    variants = {k: v for k, v in TRAIN_VARIANTS.items() if not args.quick or "default" in k}
+    variants = {k: v for k, v in TRAIN_VARIANTS.items() if not args.quick or k == DEFAULT}
     train = bench_training(repeats, variants)
     rows = rows_of(gen, train, peak, non_embedding_params(), auto, speedup)
     dtypes = dtype_table(gen, train)

@@ -120,13 +120,15 @@ def batches(examples: list[Any], field: str) -> list[Any]:
 # --------------------------------------------------------------------------------------------- #
 
 
-def our_trainer(common: Any, weights: dict[str, float]) -> Any:
+def our_trainer(common: Any, weights: dict[str, float], autocast: str = "off") -> Any:
+    """fp32 like TRL's anchors; `autocast="auto"`: bf16 matmuls over fp32 weights where this machine
+    runs bf16 faster (`trainer.autocast`), a setting the fp32 TRL runs do not have."""
     from tutorloop.trainers.online import OnlineTrainer
 
     full = {"sft": 0.0, "dpo": 0.0, "opd": 0.0} | weights
     # micro_batch_size 16: DPO's 8 pairs are 16 rows in one forward, as in DPOTrainer.
     return OnlineTrainer(str(common.ensure_assets() / "student"), weights=full, lr=1e-4, lora=None,
-                         micro_batch_size=16, max_grad_norm=1.0, dtype="float32", seed=0)
+                         micro_batch_size=16, max_grad_norm=1.0, dtype="float32", autocast=autocast, seed=0)
 
 
 def step_window(trainer: Any, train_batches: list[Any]) -> Window:
@@ -359,14 +361,17 @@ def bench_sft(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
     texts, examples = sft_data(common, steps * BATCH)
     trl = trl_sft(common, texts, steps)
     contenders = {"ours": step_window(our_trainer(common, {"sft": 1}), batches(examples, "sft")), "trl": trl,
-                  "bare": bare_torch_window(common, texts)}
+                  "bare": bare_torch_window(common, texts),
+                  "ours_autocast": step_window(our_trainer(common, {"sft": 1}, "auto"), batches(examples, "sft"))}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_sft"], windows=plan["windows"])
     trl.close()
     rows = [row("SFT step, 8 x 128 tok, vs SFTTrainer", rates["ours"], rates["trl"],
                 f"target >= {TARGETS['objective']:g}x; ours: 8-token user turn + 116 + EOS, loss on 117 tokens; "
                 "TRL: loss on all 128"),
             row("reference: bare PyTorch step (fwd+bwd+clip+AdamW), 8 x 128 tok, vs SFTTrainer",
-                rates["bare"], rates["trl"], "the floor under any trainer: no data, loss or logging")]
+                rates["bare"], rates["trl"], "the floor under any trainer: no data, loss or logging"),
+            row("SFT step, trainer.autocast=auto, vs SFTTrainer (fp32)", rates["ours_autocast"], rates["trl"],
+                f"bf16 matmuls over fp32 weights where the probe picks bf16 ({_auto()} here)")]
     return rows, rates
 
 
@@ -374,11 +379,20 @@ def bench_dpo(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
     steps = plan["warmup"] + plan["windows"] * plan["k_dpo"]
     columns, pairs = dpo_data(common, steps * BATCH)
     trl = trl_dpo(common, columns, steps)
-    contenders = {"ours": step_window(our_trainer(common, {"dpo": 1}), batches(pairs, "dpo")), "trl": trl}
+    contenders = {"ours": step_window(our_trainer(common, {"dpo": 1}), batches(pairs, "dpo")), "trl": trl,
+                  "ours_autocast": step_window(our_trainer(common, {"dpo": 1}, "auto"), batches(pairs, "dpo"))}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_dpo"], windows=plan["windows"])
     trl.close()
     return [row("DPO step, 8 pairs x (64 + 64 tok), vs DPOTrainer", rates["ours"], rates["trl"],
-                f"target >= {TARGETS['objective']:g}x; reference = frozen copy of the student on both sides")], rates
+                f"target >= {TARGETS['objective']:g}x; reference = frozen copy of the student on both sides"),
+            row("DPO step, trainer.autocast=auto, vs DPOTrainer (fp32)", rates["ours_autocast"], rates["trl"],
+                f"bf16 matmuls over fp32 weights where the probe picks bf16 ({_auto()} here)")], rates
+
+
+def _auto() -> str:
+    from tutorloop.hardware import auto_dtype
+
+    return auto_dtype("cpu")
 
 
 def generators(common: Any) -> tuple[Any, Any]:
@@ -494,7 +508,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("TRL: gradient checkpointing off; full-parameter, fp32, torch threads "
           f"{THREADS}; rates are medians of {plan['windows']} interleaved windows after {plan['warmup']} warm-up "
           "steps, ratios the medians of the per-window ratios")
-    write(Path(args.json), {"rows": rows, "quick": args.quick, "plan": plan, "windows_per_s": raw,
+    write(Path(args.json), {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "quick": args.quick, "plan": plan, "windows_per_s": raw,
                             "versions": versions(), "trl_gradient_checkpointing": False, "threads": THREADS})
     return rows
 

@@ -153,6 +153,10 @@ class TrainerConfig(Strict):
     """Trainer weights dtype. bfloat16 under LoRA: bf16 frozen base weights, fp32 adapters (peft
     upcasts them). With full fine-tuning bf16 weights lose AdamW updates smaller than bf16's
     resolution. `auto`: the generator's choice for this machine (see `AgentConfig.dtype`)."""
+    autocast: Literal["auto", "off", "bfloat16"] = "off"
+    """Mixed precision over fp32 weights: the matmuls of forward and backward in bf16 under
+    torch.autocast; the weights, their gradients and AdamW's state stay fp32 (attention stays fp32
+    on CPU, where its bf16 backward is slow). `auto`: bf16 where `dtype: auto` would choose it here."""
     resources: Resources = Resources()
     """Where the trainer runs (read only by the runtime)."""
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
+
 AUTO = "auto"
 
 BF16_MIN_SPEEDUP = 1.3
@@ -78,3 +80,19 @@ def bf16_speedup(budget_s: float = 0.1, shape: tuple[int, int, int] = PROBE_SHAP
             best[dtype] = min(best[dtype], time.perf_counter() - start)
         rounds += 1
     return best[torch.float32] / max(best[torch.bfloat16], 1e-12)
+
+
+def autocast_dtype(choice: str, weights_dtype: Any, device: str = "cpu") -> Any:
+    """The dtype the trainer's forward runs in under torch.autocast, or None for none.
+
+    Mixed precision keeps fp32 weights and optimizer state (so small AdamW updates are not lost)
+    and runs the matmuls in bf16. `auto`: bf16 where `dtype: auto` would pick it on `device`;
+    `off`: none; `bfloat16`: always. Weights that are already bf16 need no autocast.
+    """
+    import torch
+
+    if choice == "off" or weights_dtype != torch.float32:
+        return None
+    if choice == AUTO and resolve_dtype(AUTO, device) != "bfloat16":
+        return None
+    return torch.bfloat16

@@ -147,3 +147,35 @@ def test_shared_prompt_dpo_forward_matches_unpacked_rows(tiny_lm_dir, lora):
     assert not torch.allclose(policy_B, ref_B)
     for got, want in zip(packed_grads, (p.grad for p in trainer.params)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_bf16_autocast_keeps_fp32_weights_and_matches_the_fp32_step(tiny_lm_dir, tiny_teacher_dir, lora):
+    from tutorloop.models import FP32_ATTENTION
+
+    batch = _batch(tiny_lm_dir, tiny_teacher_dir)
+    weights = {"sft": 1.0, "dpo": 0.5, "opd": 1.0}
+    exact = _trainer(tiny_lm_dir, weights, lora=lora, seed=0)
+    mixed = _trainer(tiny_lm_dir, weights, lora=lora, seed=0, autocast="bfloat16")
+    assert exact.autocast is None and mixed.autocast == torch.bfloat16
+    assert mixed.model.config._attn_implementation == FP32_ATTENTION
+    want, got = exact.accumulate(batch), mixed.accumulate(batch)
+    for key in ("loss/sft", "loss/dpo", "loss/opd"):
+        assert got[key] == pytest.approx(want[key], rel=0.03, abs=0.01), key
+    grads = {n: p.grad for n, p in mixed.model.named_parameters() if p.grad is not None}
+    assert grads and all(g.dtype == torch.float32 for g in grads.values())
+    for name, p in exact.model.named_parameters():
+        if p.grad is not None and float(p.grad.norm()) > 0:  # same direction: bf16 rounds the matmuls only
+            cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), grads[name].flatten(), dim=0)
+            assert cos > 0.98, name
+    assert all(p.dtype == torch.float32 for p in mixed.params)
+
+
+def test_autocast_choice():
+    from tutorloop import hardware
+
+    assert hardware.autocast_dtype("off", torch.float32) is None
+    assert hardware.autocast_dtype("bfloat16", torch.float32) == torch.bfloat16
+    assert hardware.autocast_dtype("bfloat16", torch.bfloat16) is None  # already bf16 weights
+    expected = torch.bfloat16 if hardware.auto_dtype("cpu") == "bfloat16" else None
+    assert hardware.autocast_dtype("auto", torch.float32) == expected

@@ -15,7 +15,7 @@ def build_trainer(runtime: Any, cfg: RunConfig) -> Trainer:
     kwargs = dict(weights=t.weights, lr=t.lr, weight_decay=t.weight_decay, lora=lora_kwargs(cfg), dpo_beta=t.dpo_beta,
                   opd_form=t.opd.form, opd_beta=t.opd.beta, opd_temperature=t.opd.temperature,
                   micro_batch_size=t.micro_batch_size, max_grad_norm=t.max_grad_norm, max_seq_len=t.max_seq_len,
-                  dtype=t.dtype, seed=cfg.seed, trust_remote_code=cfg.agents[cfg.trainable].trust_remote_code)
+                  dtype=t.dtype, autocast=t.autocast, seed=cfg.seed, trust_remote_code=cfg.agents[cfg.trainable].trust_remote_code)
     model = cfg.agents[cfg.trainable].model
     if t.resources.replicas == 1:
         return runtime.spawn(OnlineTrainer, model, resources=t.resources, **kwargs)

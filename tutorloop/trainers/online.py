@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from tutorloop.errors import UserError
-from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, resolve_model
+from tutorloop.hardware import autocast_dtype
+from tutorloop.models import attention_in_fp32, forward_targets, load_causal_lm, load_tokenizer, resolve_model
 from tutorloop.trainers import data_parallel, losses
 from tutorloop.trainers.batching import (Encoded, SharedPromptRows, chunks, encode_opds, encode_texts,
                                          shared_prompt_rows)
@@ -32,18 +33,26 @@ class OnlineTrainer:
     def __init__(self, model: str, *, weights: dict[str, float], lr: float, weight_decay: float = 0.0,
                  lora: dict[str, Any] | None = None, dpo_beta: float = 0.1, opd_form: str = "jsd",
                  opd_beta: float = 0.5, opd_temperature: float = 1.0, micro_batch_size: int = 8,
-                 max_grad_norm: float = 1.0, max_seq_len: int = 768, dtype: str = "float32", seed: int = 0,
-                 world_size: int = 1, trust_remote_code: bool = False) -> None:
-        """world_size > 1: one of several data-parallel workers; `join` them before the first step."""
+                 max_grad_norm: float = 1.0, max_seq_len: int = 768, dtype: str = "float32", autocast: str = "off",
+                 seed: int = 0, world_size: int = 1, trust_remote_code: bool = False) -> None:
+        """world_size > 1: one of several data-parallel workers; `join` them before the first step.
+        autocast: "off", "bfloat16" or "auto" (`hardware.autocast_dtype`)."""
         torch.manual_seed(seed)
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(path, dtype, trust_remote_code=trust_remote_code)
+        self.autocast = autocast_dtype(autocast, self.model.dtype)
+        if self.autocast is not None:
+            attention_in_fp32(self.model)
         self.reference: Any = None
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
             self.model = get_peft_model(self.model, LoraConfig(**lora))
+            if self.autocast is not None:  # else peft upcasts each layer's bf16 input to the fp32 adapter
+                for module in self.model.modules():
+                    if hasattr(module, "cast_input_dtype_enabled"):
+                        module.cast_input_dtype_enabled = False
         elif weights.get("dpo", 0) > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.lora = lora is not None
@@ -166,7 +175,14 @@ class OnlineTrainer:
 
     def _forward(self, chunk: Sequence[Encoded], model: Any = None) -> tuple[torch.Tensor, ...]:
         contexts, targets = zip(*chunk)
-        return forward_targets(model or self.model, contexts, targets, self.tokenizer.pad_token_id)
+        with self._mixed_precision():
+            return forward_targets(model or self.model, contexts, targets, self.tokenizer.pad_token_id)
+
+    def _mixed_precision(self) -> contextlib.AbstractContextManager:
+        """The forward under bf16 autocast when `autocast` chose it; backward follows its dtypes."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.autocast)
 
     def _pair_logps(self, chunk: Sequence[tuple[Encoded, Encoded]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs [chosen..., rejected...] under the policy (with grad) and the
@@ -189,8 +205,10 @@ class OnlineTrainer:
 
     def _packed_logps(self, rows: SharedPromptRows, model: Any) -> torch.Tensor:
         device = next(model.parameters()).device
-        logits = model(input_ids=rows.input_ids_B_W.to(device), attention_mask=rows.attention_B_1_W_W.to(device),
-                       position_ids=rows.positions_B_W.to(device), logits_to_keep=rows.keep, use_cache=False).logits
+        with self._mixed_precision():
+            logits = model(input_ids=rows.input_ids_B_W.to(device), attention_mask=rows.attention_B_1_W_W.to(device),
+                           position_ids=rows.positions_B_W.to(device), logits_to_keep=rows.keep,
+                           use_cache=False).logits
         logps = [losses.sequence_logps(losses.indexed_logprobs(logits, at.to(device), labels.to(device)),
                                        labels.to(device) != losses.IGNORE_INDEX)
                  for at, labels in ((rows.chosen_at_B_N, rows.chosen_B_N), (rows.rejected_at_B_N, rows.rejected_B_N))]
