@@ -160,6 +160,11 @@ class TrainerConfig(Strict):
     resources: Resources = Resources()
     """Where the trainer runs (read only by the runtime)."""
 
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     @field_validator("weights")
     @classmethod
     def _known_objectives(cls, weights: dict[str, float]) -> dict[str, float]:

@@ -82,17 +82,15 @@ def bf16_speedup(budget_s: float = 0.1, shape: tuple[int, int, int] = PROBE_SHAP
     return best[torch.float32] / max(best[torch.bfloat16], 1e-12)
 
 
-def autocast_dtype(choice: str, weights_dtype: Any, device: str = "cpu") -> Any:
+def autocast_dtype(choice: str, device: str = "cpu") -> Any:
     """The dtype the trainer's forward runs in under torch.autocast, or None for none.
 
-    Mixed precision keeps fp32 weights and optimizer state (so small AdamW updates are not lost)
-    and runs the matmuls in bf16. `auto`: bf16 where `dtype: auto` would pick it on `device`;
-    `off`: none; `bfloat16`: always. Weights that are already bf16 need no autocast.
+    Mixed precision keeps the trained weights and AdamW's state in fp32 (so small updates are not
+    lost) and runs the matmuls in bf16. `auto`: bf16 where `dtype: auto` would pick it on `device`;
+    `off`: none; `bfloat16`: always.
     """
     import torch
 
-    if choice == "off" or weights_dtype != torch.float32:
-        return None
-    if choice == AUTO and resolve_dtype(AUTO, device) != "bfloat16":
+    if choice == "off" or (choice == AUTO and resolve_dtype(AUTO, device) != "bfloat16"):
         return None
     return torch.bfloat16

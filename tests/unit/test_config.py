@@ -138,3 +138,11 @@ def test_tutoring_run_has_its_own_roles(tmp_path):
     assert "a tutoring run makes no OPD lessons" in _error(tmp_path, TUTORING, ["trainer.weights.opd=1"])
     assert "trainable tutor needs a model generator" in _error(
         tmp_path, TUTORING, ["agents.tutor.generator=scripted", "agents.tutor.replies=[hi]"])
+
+
+def test_autocast_off_survives_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "trainer: {autocast: off}\n")  # YAML 1.1 reads a bare off as false
+    assert load_config(path).trainer.autocast == "off"
+    assert load_config(path, ["trainer.autocast=bfloat16"]).trainer.autocast == "bfloat16"
+    assert "trainer.autocast" in _error(tmp_path, BASE, ["trainer.autocast=fp8"])

@@ -41,14 +41,16 @@ class OnlineTrainer:
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(path, dtype, trust_remote_code=trust_remote_code)
-        self.autocast = autocast_dtype(autocast, self.model.dtype)
+        self.autocast = autocast_dtype(autocast)
         if self.autocast is not None:
             attention_in_fp32(self.model)
         self.reference: Any = None
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
-            self.model = get_peft_model(self.model, LoraConfig(**lora))
+            if self.autocast is not None:  # frozen: stored in the dtype the matmuls use, not cast each forward
+                self.model.to(self.autocast)
+            self.model = get_peft_model(self.model, LoraConfig(**lora))  # adapters stay fp32
             if self.autocast is not None:  # else peft upcasts each layer's bf16 input to the fp32 adapter
                 for module in self.model.modules():
                     if hasattr(module, "cast_input_dtype_enabled"):
