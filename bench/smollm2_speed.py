@@ -14,12 +14,14 @@ Ours, on the same token sequences and prompts:
   and with fp32 weights under bf16 autocast (`trainer.autocast=bfloat16`);
 - generation: `HFGenerator.generate` in fp32 and bf16 at batch 8 and 32.
 
-Each variant runs once to warm up, then `--repeats` rounds take turns variant by variant; the figure
-is the best round, because other processes on a 2-core box only ever slow a round down. Tokens/s of
+Each variant runs once to warm up, then `--repeats` rounds take turns variant by variant. A rate is
+the variant's best round (other processes on a 2-core box only ever slow a round down); a ratio is
+the median over rounds of the two sides' rates in the same round, so a slow spell of the machine
+hits both sides of each ratio (the best rounds of two sides can come from different spells). Tokens/s of
 generation count the tokens each row produced up to its end token (both sides stop rows at it).
-FLOP/s are 6*N*T (training) and 2*N*T (generation, new tokens only) with N = non-embedding
-parameters (the 30 blocks, 106.2M; the tied embedding's lm_head matmul and attention scores are not
-counted), as a share of the torch.mm 2048 peak in the run's compute dtype, measured here too.
+FLOP/s are 6*N*T (full training; 4*N*T under LoRA, whose frozen weights get no weight gradient)
+and 2*N*T (generation, new tokens only) with N = non-embedding parameters (the 30 blocks, 106.2M;
+the tied embedding's lm_head matmul and attention scores are not counted), as a share of the torch.mm 2048 peak in the run's compute dtype, measured here too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,19 +54,35 @@ COMPLETION = ("First write the product as a sum of easier parts, then multiply e
 # ------------------------------------------------------------------------------------------------ #
 
 
-def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, tuple[float, float]]:
-    """(best seconds, work units of that round) per run: one warm-up each, then rounds in turn."""
-    best: dict[str, tuple[float, float]] = {}
+Timings = dict[str, list[tuple[float, float]]]  # run name -> (seconds, work units) of each timed round
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> Timings:
+    """Every timed round of every run: one warm-up each, then rounds in turn, so round i of two runs
+    ran back to back under the same load."""
+    rounds: Timings = {name: [] for name in runs}
     for name, run in runs.items():
         run()
     for _ in range(repeats):
         for name, run in runs.items():
             began = time.perf_counter()
             units = run()
-            seconds = time.perf_counter() - began
-            if name not in best or units / seconds > best[name][1] / best[name][0]:
-                best[name] = (seconds, units)
-    return best
+            rounds[name].append((time.perf_counter() - began, units))
+    return rounds
+
+
+def best(timings: Timings) -> dict[str, tuple[float, float]]:
+    """(seconds, units) of each run's fastest round: other processes only ever slow a round down."""
+    return {name: max(rounds, key=lambda r: r[1] / r[0]) for name, rounds in timings.items()}
+
+
+def paired_ratio(timings: Timings, ours: str, baseline: str) -> float | None:
+    """Median over rounds of ours' rate / the baseline's rate in the same round: a load burst that
+    slows one round slows both sides of its ratio."""
+    if ours not in timings or baseline not in timings:
+        return None
+    ratios = [(u / s) / (bu / bs) for (s, u), (bs, bu) in zip(timings[ours], timings[baseline])]
+    return statistics.median(ratios)
 
 
 def matmul_peak(repeats: int, n: int = 2048) -> dict[str, float]:
@@ -123,8 +142,8 @@ def ours_generate(generator: Any, prompts: list[Any]) -> float:
     return float(sum(len(c.token_ids) for c in asyncio.run(generator.generate(prompts, params))))
 
 
-def bench_generation(repeats: int, batches: tuple[int, ...]) -> dict[str, tuple[float, float]]:
-    """(best seconds, tokens) for plain generate (fp32, and bf16 at batch 8) and ours per dtype and batch."""
+def bench_generation(repeats: int, batches: tuple[int, ...]) -> Timings:
+    """(seconds, tokens) of each round for plain generate (fp32, and bf16 at batch 8) and ours per dtype and batch."""
     import torch
 
     from tutorloop.agents.generators.hf import HFGenerator
@@ -205,8 +224,8 @@ TRAIN_VARIANTS = {  # label: config overrides
 }
 
 
-def bench_training(repeats: int, variants: dict[str, tuple[str, ...]]) -> dict[str, tuple[float, float]]:
-    """(best seconds per step, tokens per step) for the plain fp32 step and each of our variants."""
+def bench_training(repeats: int, variants: dict[str, tuple[str, ...]]) -> Timings:
+    """(seconds per step, tokens per step) of each round for the plain fp32 step and each of our variants."""
     from tutorloop.models import load_tokenizer, resolve_model
 
     batch, sequences = sft_examples(load_tokenizer(resolve_model(MODEL)))
@@ -237,11 +256,15 @@ def non_embedding_params() -> int:
     return c.num_hidden_layers * (attention + mlp + norms) + c.hidden_size
 
 
-def rows_of(gen: dict, train: dict, peak: dict, n_params: int, auto: str, speedup: float) -> list[dict]:
+def rows_of(gen_rounds: Timings, train_rounds: Timings, peak: dict, n_params: int, auto: str,
+            speedup: float) -> list[dict]:
+    """Rates are each run's best round; ratios the median of same-round ratios (`paired_ratio`)."""
     rows = []
+    gen, train = best(gen_rounds), best(train_rounds)
 
-    def row(what: str, ours: float | None, baseline: float | None, unit: str, note: str) -> None:
-        ratio = ours / baseline if ours and baseline else None
+    def row(what: str, ours: float | None, baseline: float | None, unit: str, note: str,
+            ratio: float | None = None) -> None:
+        ratio = ratio if ratio is not None else (ours / baseline if ours and baseline else None)
         rows.append({"what": what, "ours": ours, "baseline": baseline, "unit": unit, "ratio": ratio, "note": note})
 
     def tok_s(name: str) -> float | None:
@@ -251,22 +274,26 @@ def rows_of(gen: dict, train: dict, peak: dict, n_params: int, auto: str, speedu
     for batch in (8, 32):
         if f"plain fp32 b{batch}" not in gen:
             continue
-        base = tok_s(f"plain fp32 b{batch}")
-        row(f"generation b{batch}, auto dtype ({short})", tok_s(f"ours {short} b{batch}"), base, "tokens/s",
-            f"HFGenerator.generate {short} vs plain model.generate fp32, batch {batch}, 64 new tokens")
-        row(f"generation b{batch}, fp32 both", tok_s(f"ours fp32 b{batch}"), base, "tokens/s",
-            "the decode loop alone: same dtype and batch")
+        base = f"plain fp32 b{batch}"
+        row(f"generation b{batch}, auto dtype ({short})", tok_s(f"ours {short} b{batch}"), tok_s(base), "tokens/s",
+            f"HFGenerator.generate {short} vs plain model.generate fp32, batch {batch}, 64 new tokens",
+            paired_ratio(gen_rounds, f"ours {short} b{batch}", base))
+        row(f"generation b{batch}, fp32 both", tok_s(f"ours fp32 b{batch}"), tok_s(base), "tokens/s",
+            "the decode loop alone: same dtype and batch", paired_ratio(gen_rounds, f"ours fp32 b{batch}", base))
     if "ours bf16 b32" in gen and "plain fp32 b8" in gen:
         row("generation, ours b32 vs plain b8", tok_s(f"ours {short} b32"), tok_s("plain fp32 b8"), "tokens/s",
-            "throughput when the loop batches 32 episodes (its max_batch_size default)")
+            "throughput when the loop batches 32 episodes (its max_batch_size default)",
+            paired_ratio(gen_rounds, f"ours {short} b32", "plain fp32 b8"))
     base_step = train["plain full fp32"][0]
     for label, (seconds, tokens) in train.items():
         if label != "plain full fp32":
             row(f"training step: {label.removeprefix('ours ')}", tokens / seconds, tokens / base_step, "tokens/s",
-                f"OnlineTrainer.step {seconds:.2f} s vs plain fp32 full step {base_step:.2f} s, 8 x 128 tokens")
+                f"OnlineTrainer.step {seconds:.2f} s vs plain fp32 full step {base_step:.2f} s (best rounds), "
+                "8 x 128 tokens", paired_ratio(train_rounds, label, "plain full fp32"))
     for label, seconds_tokens, flops_per_token in _flop_cases(gen, train, auto):
         seconds, tokens = seconds_tokens
-        dtype = "bfloat16" if ("bf16" in label) else "float32"
+        # The default config trains under `autocast: auto`: bf16 matmuls where `auto` picked bf16.
+        dtype = "bfloat16" if "bf16" in label or (label == DEFAULT and auto == "bfloat16") else "float32"
         achieved = flops_per_token * n_params * tokens / seconds / 1e9
         row(f"FLOP/s share of {SHORT[dtype]} mm peak: {label}", 100 * achieved / peak[dtype], None, "% of peak",
             f"{achieved:.0f} GFLOP/s of {peak[dtype]:.0f}; {flops_per_token}*N*T, N = {n_params / 1e6:.1f}M "
@@ -280,7 +307,7 @@ def rows_of(gen: dict, train: dict, peak: dict, n_params: int, auto: str, speedu
 
 def _flop_cases(gen: dict, train: dict, auto: str) -> list[tuple[str, tuple[float, float], int]]:
     short = SHORT[auto]
-    cases = [(name, train[name], 6) for name in train]
+    cases = [(name, train[name], 4 if "LoRA" in name else 6) for name in train]  # frozen weights: no weight grads
     cases += [(name, gen[name], 2) for name in ("plain fp32 b8", f"ours {short} b8", f"ours {short} b32") if name in gen]
     return cases
 
@@ -362,8 +389,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     variants = {k: v for k, v in TRAIN_VARIANTS.items() if not args.quick or k == DEFAULT}
     train = bench_training(repeats, variants)
     rows = rows_of(gen, train, peak, non_embedding_params(), auto, speedup)
-    dtypes = dtype_table(gen, train)
-    print(f"SmolLM2-135M-Instruct, {_machine()}, best of {repeats} interleaved rounds")
+    dtypes = dtype_table(best(gen), best(train))
+    print(f"SmolLM2-135M-Instruct, {_machine()}, best of {repeats} interleaved rounds; ratios: median of "
+          "same-round ratios")
     print_tables(rows, dtypes, auto)
     out = write_results(rows, {"auto_dtype": auto, "bf16_probe_speedup": speedup, "peak_gflops": peak,
                                "dtype_table": [{"what": w, "fp32": a, "bf16": b} for w, a, b in dtypes]})
