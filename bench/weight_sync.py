@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
 
 SIZES_MB = {"2.4 MB": 2.4, "17 MB": 17.3, "268 MB": 268.4, "1 GB": 1073.7}

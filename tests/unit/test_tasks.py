@@ -237,3 +237,11 @@ def test_unpaired_surrogate_escape_is_a_user_error(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "surrogate.jsonl", [jsonl_row(answer=1), '{"id": "b", "prompt": "x\\ud800", "answer": 1}'])
     with pytest.raises(UserError, match="line 2: field 'prompt' holds an unpaired surrogate escape"):
         load_jsonl(path)
+
+
+def test_too_few_distinct_arithmetic_problems_is_one_line(monkeypatch):
+    from tutorloop.envs import arithmetic
+
+    monkeypatch.setattr(arithmetic, "_word_problem", lambda rng, difficulty: ("Same story?", ["1 + 1 = 2."], 2))
+    with pytest.raises(UserError, match="could only generate 1 distinct arithmetic problems of difficulty 1, asked for 3"):
+        arithmetic.make_arithmetic_problems(3, seed=0, difficulty=1)

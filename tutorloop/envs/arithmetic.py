@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from tutorloop.errors import UserError
 from tutorloop.types import Problem
 
 DIFFICULTIES = (1, 2, 3)
@@ -145,5 +146,3 @@ def _phrase(rng: random.Random, op: str, words: dict[str, Any]) -> tuple[str, st
     words = words | {"f": friend, "F": friend[0].upper() + friend[1:],
                      "part": _PART_WORDS.get(words["k"], "")}
     return rng.choice(templates).format(**words), step.format(**words)
-
-

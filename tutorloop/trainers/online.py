@@ -46,15 +46,7 @@ class OnlineTrainer:
             attention_in_fp32(self.model)
         self.reference: Any = None
         if lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            if self.autocast is not None:  # frozen: stored in the dtype the matmuls use, not cast each forward
-                self.model.to(self.autocast)
-            self.model = get_peft_model(self.model, LoraConfig(**lora))  # adapters stay fp32
-            if self.autocast is not None:  # else peft upcasts each layer's bf16 input to the fp32 adapter
-                for module in self.model.modules():
-                    if hasattr(module, "cast_input_dtype_enabled"):
-                        module.cast_input_dtype_enabled = False
+            self.model = _with_lora(self.model, lora, self.autocast)
         elif weights.get("dpo", 0) > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.lora = lora is not None
@@ -276,6 +268,22 @@ class OnlineTrainer:
         """HF / peft format: safetensors weights (or the adapter) plus the tokenizer."""
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+
+
+def _with_lora(model: Any, lora: dict[str, Any], autocast: torch.dtype | None) -> Any:
+    """`model` with peft LoRA adapters (kept fp32). Under autocast the frozen base is stored in the
+    dtype its matmuls run in, so no forward casts it, and peft's upcast of each layer's input to the
+    adapter's dtype is turned off, so autocast alone decides."""
+    from peft import LoraConfig, get_peft_model
+
+    if autocast is not None:
+        model.to(autocast)
+    model = get_peft_model(model, LoraConfig(**lora))
+    if autocast is not None:
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    return model
 
 
 def _unit_count(name: str, encoded: list[Any]) -> int:
