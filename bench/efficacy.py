@@ -100,7 +100,9 @@ def plot(curves: list[Curve], path: Path, minutes: float) -> None:
 
 
 def report(curves: list[Curve], args: argparse.Namespace, png: Path) -> str:
-    lines = [f"# Learning efficacy ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores)", "",
+    from tutorloop.hardware import machine_line
+
+    lines = [f"# Learning efficacy ({time.strftime('%Y-%m-%d')})", "", f"Machine: {machine_line()}.", "",
              f"`{' '.join(['bench/efficacy.py', *sys.argv[1:]])}`: `{args.config}` for a budget of {args.minutes:g} "
              "minutes of rounds per objective, same seed and problems; greedy accuracy on the held-out split.", "",
              f"![accuracy over time]({png.name})", "",

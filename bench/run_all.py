@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -56,9 +55,12 @@ def cell(value: object) -> str:
 
 def table(results: dict[str, dict]) -> str:
     dates = ", ".join(f"{name} {data.get('date', 'undated')}" for name, data in results.items())
-    lines = [f"Measured on {machine()} with `bench/run_all.py` ({dates}).", "",
+    lines = [f"Measured on {machine()} with `bench/run_all.py` ({dates}). Each bench's JSON records the "
+             "machine it ran on; rates differ across CPUs, ratios measured side by side carry.", "",
              "| bench | what | tutorloop | baseline | unit | ratio | note |", "|---|---|---|---|---|---|---|"]
     for name, data in results.items():
+        if isinstance(data.get("machine"), dict):
+            lines.append(f"| {name} | machine: {machine_line_of(data['machine'])} | | | | | |")
         for r in data["rows"]:
             ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-"
             lines.append(f"| {name} | {r['what']} | {cell(r.get('ours'))} | {cell(r.get('baseline'))} | "
@@ -66,14 +68,16 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_line_of(record: dict) -> str:
+    from tutorloop.hardware import machine_line
+
+    return machine_line(record)
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from tutorloop.hardware import machine_line
+
+    return f"{machine_line()}, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> None:

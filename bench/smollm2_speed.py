@@ -31,7 +31,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -358,15 +357,17 @@ def _threads() -> int:
 def write_results(rows: list[dict], extra: dict) -> Path:
     out = Path(__file__).resolve().parent / "results" / "smollm2_speed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(), **extra,
+    from tutorloop.hardware import machine
+
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **extra,
                                "rows": rows}, indent=1))
     return out
 
 
 def _machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}, {_threads()} torch threads"
+    from tutorloop.hardware import machine_line
+
+    return f"{machine_line()}, {_threads()} torch threads"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

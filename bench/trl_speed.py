@@ -38,9 +38,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from tutorloop.hardware import usable_cores
+
 ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "bench-anchors"
 RESULTS = Path(__file__).resolve().parent / "results" / "trl_speed.json"
-BATCH, NEW_TOKENS, TOP_K, THREADS = 8, 64, 20, 2
+BATCH, NEW_TOKENS, TOP_K = 8, 64, 20
+THREADS = usable_cores()  # both sides get every core this process may use (2 on the CI-sized box)
 TARGETS = {"objective": 2.0, "round": 3.0, "mixed": 1.1}
 
 Window = Callable[[int], float]  # runs k optimizer steps (or rounds), returns the seconds they took
@@ -508,7 +511,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("TRL: gradient checkpointing off; full-parameter, fp32, torch threads "
           f"{THREADS}; rates are medians of {plan['windows']} interleaved windows after {plan['warmup']} warm-up "
           "steps, ratios the medians of the per-window ratios")
-    write(Path(args.json), {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "quick": args.quick, "plan": plan, "windows_per_s": raw,
+    from tutorloop.hardware import machine
+
+    write(Path(args.json), {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+                            "dtypes": {"ours": "float32 (autocast rows: bf16 matmuls where dtype auto picks "
+                                               f"bf16, {_auto()} here)", "trl": "float32"},
+                            "rows": rows, "quick": args.quick, "plan": plan, "windows_per_s": raw,
                             "versions": versions(), "trl_gradient_checkpointing": False, "threads": THREADS})
     return rows
 

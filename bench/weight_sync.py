@@ -166,12 +166,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def write_results(name: str, rows: list[dict]) -> None:
     import json
-    import platform
+
+    from tutorloop.hardware import machine
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{name}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine(),
                    "rows": rows}, f, indent=1)
 
 

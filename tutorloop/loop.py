@@ -45,6 +45,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     buffer = LessonBuffer(cfg.loop.buffer_size)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
                  first_round=saved.progress.rounds_done if saved else 0, wandb_id=saved.wandb_id if saved else None)
+    await note_threads(runtime, log)
     progress = await start(saved, cfg, tasks, log, trainer=trainer, generators=generators, buffer=buffer)
     version, train_seconds = progress.version, 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
@@ -114,6 +115,7 @@ async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], ru
             if attempt == retries:
                 raise
             log.note(f"round failed ({type(exc).__name__}); retrying ({attempt + 1}/{retries})")
+            await runtime.wait_ready()
             await resync()
     raise AssertionError("unreachable")
 
@@ -124,6 +126,13 @@ async def evaluate(generator: Any, tasks: Any, cfg: RunConfig, when: str, log: R
     log.note(f"eval accuracy {when}{' training' if key is None else ''}: {result['accuracy']:.3f} "
              f"({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)")
     return {key or f"eval/accuracy_{when}": result["accuracy"]}
+
+
+async def note_threads(runtime: Any, log: RunLog) -> None:
+    """Once per run: what each actor computes with, so a slow round can be told from a starved one."""
+    for r in await runtime.thread_reports():
+        log.note(f"{r['actor']} (pid {r['pid']}): {r['torch_threads']} torch threads on {r['cores']} cores"
+                 f"{', taking turns on the CPU' if r['takes_turns'] else ''} (OMP_NUM_THREADS={r['OMP_NUM_THREADS']})")
 
 
 def over_budget(train_seconds: float, budget_minutes: float | None, log: RunLog) -> bool:
@@ -142,6 +151,8 @@ async def generation_metrics(generators: dict[str, Any]) -> dict[str, float]:
         if stats.get("gen_seconds"):
             out[f"gen/{role}_tokens_per_s"] = stats["gen_tokens"] / stats["gen_seconds"]
             out[f"gen/{role}_tokens"] = stats["gen_tokens"]
+            if stats.get("gen_batches"):
+                out[f"gen/{role}_batch_size"] = stats["gen_rows"] / stats["gen_batches"]
     return out
 
 

@@ -136,8 +136,9 @@ def load_causal_lm(path: Path, dtype: str, *, trust_remote_code: bool = False) -
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tutorloop.hardware import resolve_dtype
+    from tutorloop.hardware import configure_threads, resolve_dtype
 
+    configure_threads()  # every process that loads a model computes with it: size its threads first
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype)),
                                                     local_files_only=True, use_safetensors=True,

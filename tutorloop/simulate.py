@@ -23,7 +23,7 @@ from tutorloop.envs.tasks import TaskPool
 from tutorloop.envs.to_examples import to_tutor_batch
 from tutorloop.envs.tutoring_metrics import dialogue_metrics
 from tutorloop.errors import UserError
-from tutorloop.loop import generation_metrics, prepare_run_dir, run_episodes, seed_everything
+from tutorloop.loop import generation_metrics, note_threads, prepare_run_dir, run_episodes, seed_everything
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.trainers import build_trainer, lora_kwargs
@@ -54,6 +54,7 @@ async def run(cfg: RunConfig) -> dict[str, float]:
     buffer.add(to_tutor_batch(recorded_dialogues(cfg, tasks), objectives=objectives), 0)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
                  columns=TABLE_COLUMNS)
+    await note_threads(runtime, log)
     summary: dict[str, float] = {}
     if cfg.eval.before and tasks.eval:
         summary |= await evaluate(env, agents, tasks, "before", log)

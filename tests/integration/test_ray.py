@@ -222,3 +222,21 @@ def test_concurrent_requests_reach_the_actors_as_one_batch_split_across_replicas
     assert scored == [[f"p{i}:{i}"] for i in range(6)]
     assert [ray.get(h.seen.remote()) for h in proxy.handles] == [[4, 3], [4, 3]]  # one call per stage and replica
     runtime.shutdown()
+
+
+def test_each_actor_gets_its_nodes_cores_and_takes_turns_on_them(ray_local):
+    from tutorloop.config import Resources, RuntimeConfig
+    from tutorloop.hardware import usable_cores
+    from tutorloop.agents.generators.scripted import ScriptedGenerator
+    from tutorloop.runtime.ray import RayRuntime
+
+    runtime = RayRuntime(RuntimeConfig(kind="ray"))
+    try:  # Ray alone would give a `cpus: 0.5` actor 1 thread
+        runtime.spawn(ScriptedGenerator, ("hi",), resources=Resources(cpus=0.5))
+        runtime.spawn(ScriptedGenerator, ("hi",), resources=Resources(cpus=0.5, replicas=2))  # they split
+        reports = asyncio.run(runtime.thread_reports())
+    finally:
+        runtime.shutdown()
+    cores = usable_cores()
+    assert [r["torch_threads"] for r in reports] == [cores, max(1, cores // 2), max(1, cores // 2)]
+    assert all(r["takes_turns"] and r["cores"] == cores for r in reports)

@@ -16,6 +16,14 @@ class Runtime(Protocol):
 
     def spawn(self, cls: type[T], /, *args: Any, resources: Any, **kwargs: Any) -> T: ...
 
+    async def thread_reports(self) -> list[dict[str, Any]]:
+        """Each process that computes: its torch threads and cores (`hardware.thread_report`)."""
+        ...
+
+    async def wait_ready(self) -> None:
+        """Return once every actor answers again (after a restart)."""
+        ...
+
     def shutdown(self) -> None: ...
 
 

@@ -14,5 +14,13 @@ class LocalRuntime:
     def spawn(self, cls: type[T], /, *args: Any, resources: Any = None, **kwargs: Any) -> T:
         return cls(*args, **kwargs)
 
+    async def thread_reports(self) -> list[dict[str, Any]]:
+        from tutorloop.hardware import thread_report
+
+        return [{"actor": "this process (every role)"} | thread_report()]
+
+    async def wait_ready(self) -> None:
+        pass  # nothing restarts in one process
+
     def shutdown(self) -> None:
         pass

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from typing import Any, TypeVar
 
 from tutorloop.config import Resources, RuntimeConfig
 from tutorloop.errors import UserError
+from tutorloop.hardware import AUTO, THREADS_ENV, TURNS_ENV, planned_threads, usable_cores
 
 T = TypeVar("T")
 BROADCAST = frozenset({"load_weights", "sleep", "wake", "load_sampling_state"})
@@ -31,7 +33,9 @@ class RayRuntime:
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
             _init_ray(cfg)
-        self.threads = cfg.threads_per_actor or os.cpu_count() or 1
+        self.threads = cfg.threads_per_actor
+        job = ray.get_runtime_context().get_job_id()  # one lock per driver: its actors take turns
+        self.turns_path = os.path.join(tempfile.gettempdir(), f"tutorloop-cpu-turns-{job}")
         self.max_restarts = cfg.max_restarts
         self.actors: list[Any] = []
         self.placement_groups: list[Any] = []
@@ -49,10 +53,7 @@ class RayRuntime:
     def _options(self, resources: Resources) -> list[dict[str, Any]]:
         base = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "resources": dict(resources.custom) or None,
                 "max_restarts": self.max_restarts, "max_concurrency": 64,
-                # Ray would cap torch at the actor's CPU share (1 thread for cpus <= 1); roles take
-                # turns, so each may use every core while it works.
-                "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false",
-                                             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}}
+                "runtime_env": {"env_vars": self._env_vars(resources)}}
         if not resources.placement_group:
             return [dict(base) for _ in range(resources.replicas)]
         from ray.util.placement_group import placement_group
@@ -64,12 +65,46 @@ class RayRuntime:
         return [base | {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)}
                 for i in range(resources.replicas)]
 
+    def _env_vars(self, resources: Resources) -> dict[str, str]:
+        """Ray would cap torch at the actor's CPU share (1 thread for `cpus: 0.5`). The roles take
+        turns instead: CPU generators hold a node-wide lock while they compute (TURNS_ENV), and the
+        trainer steps while they wait, so each gets all of its node's cores. Replicas of one role
+        compute at the same time (data parallel) and split them. The actor sizes its pool from its
+        own node's cores (`hardware.configure_threads`); OMP_NUM_THREADS is the plan for this one."""
+        plan = str(self.threads) if self.threads else (AUTO if resources.replicas == 1 else f"{AUTO}/{resources.replicas}")
+        return {"OMP_NUM_THREADS": str(planned_threads(plan, usable_cores())), THREADS_ENV: plan,
+                TURNS_ENV: "" if resources.gpus else self.turns_path,
+                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+
+    async def thread_reports(self) -> list[dict[str, Any]]:
+        """Each actor's threads, asked once the actors are up (asking at spawn would wait for each
+        model to load before the next actor starts)."""
+        return list(await asyncio.gather(*(h.__ray_call__.remote(_thread_report) for h in self.actors)))
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Until every actor answers: after a crash Ray restarts the actor (reloading its model),
+        and calls meanwhile fail at once with ActorUnavailableError, so a retried round must wait."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        for handle in self.actors:
+            while True:
+                try:
+                    await handle.__ray_call__.remote(_thread_report)
+                    break
+                except ActorUnavailableError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+
     def shutdown(self) -> None:
         import ray
 
         for handle in self.actors:
             ray.kill(handle, no_restart=True)
         self.actors = []
+        if os.path.exists(self.turns_path):
+            os.unlink(self.turns_path)
         if self.owns_ray:
             ray.shutdown()
 
@@ -154,6 +189,12 @@ def _node_id(actor: Any) -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def _thread_report(actor: Any) -> dict[str, Any]:
+    from tutorloop.hardware import thread_report
+
+    return {"actor": type(actor).__name__} | thread_report()
 
 
 def _remote(cls: type) -> Any:

@@ -14,6 +14,7 @@ import inspect
 import time
 from typing import Any, Callable, Sequence
 
+from tutorloop.hardware import cpu_turn
 from tutorloop.models import forward_targets, load_causal_lm, load_tokenizer, render_prompt_ids, resolve_model
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 
@@ -75,7 +76,8 @@ class HFGenerator:
         self.model.eval()
         self.max_batch_size, self.seed = max_batch_size, seed
         self.version, self.calls = 0, 0
-        self.counters = {"gen_tokens": 0.0, "gen_seconds": 0.0, "score_tokens": 0.0, "score_seconds": 0.0}
+        self.counters = {"gen_tokens": 0.0, "gen_seconds": 0.0, "gen_rows": 0.0, "gen_batches": 0.0,
+                         "score_tokens": 0.0, "score_seconds": 0.0}
         self.coalescer = Coalescer(self._run)
 
     async def generate(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
@@ -123,6 +125,10 @@ class HFGenerator:
         self.calls = int(state["calls"])
 
     def _run(self, key: tuple[str, Any], items: list[Any]) -> list[Any]:
+        with cpu_turn():  # on Ray, generators sharing a node's cores compute one at a time
+            return self._run_chunks(key, items)
+
+    def _run_chunks(self, key: tuple[str, Any], items: list[Any]) -> list[Any]:
         kind, arg = key
         run_chunk = self._generate_chunk if kind == "generate" else self._score_chunk
         # Similar lengths share a chunk, so little compute goes to padding; results keep input order.
@@ -152,6 +158,8 @@ class HFGenerator:
         completions = [self._completion(*row) for row in rows]
         self.counters["gen_tokens"] += sum(len(c.token_ids) for c in completions)
         self.counters["gen_seconds"] += time.perf_counter() - began
+        self.counters["gen_rows"] += len(prompt_ids)  # with gen_batches: the batch size tok/s was had at
+        self.counters["gen_batches"] += 1
         return completions
 
     def _completion(self, ids: list[int], logps: list[float], reason: str) -> Completion:
