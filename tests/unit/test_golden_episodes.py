@@ -16,11 +16,13 @@ import os
 from pathlib import Path
 
 from tutorloop.agents import build_agents, spawn_generator
-from tutorloop.agents.generators.scripted import ScriptedGenerator
 from tutorloop.config import config_dict, validate_config
-from tutorloop.envs import TutoringEnv, build_tasks, verify
+from tutorloop.envs import TutoringEnv
+from tutorloop.generators.scripted import ScriptedGenerator
+from tutorloop.graders import verify
 from tutorloop.metrics import RunLog, episode_metrics
 from tutorloop.runtime.local import LocalRuntime
+from tutorloop.tasks import build_tasks
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "correction_episodes.jsonl"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tutorloop.agents.generators import generator_class
 from tutorloop.agents.mentor import MentorAgent
 from tutorloop.agents.prompts import NEXT_SPEAKER_STOP
 from tutorloop.agents.protocol import Agent, Generator
@@ -17,8 +16,9 @@ from tutorloop.agents.tagger import TaggerAgent
 from tutorloop.agents.teacher import TeacherAgent
 from tutorloop.agents.tutor import TutorAgent
 from tutorloop.config import AgentConfig, RunConfig
-from tutorloop.envs.graders import ANSWER_STOP, contains_number, verify
 from tutorloop.errors import UserError
+from tutorloop.generators import generator_class
+from tutorloop.graders import ANSWER_STOP, contains_number, verify
 from tutorloop.models import model_vocab
 from tutorloop.types import Role, SamplingParams
 
