@@ -145,7 +145,7 @@ def bench_generation(repeats: int, batches: tuple[int, ...]) -> Timings:
     """(seconds, tokens) of each round for plain generate (fp32, and bf16 at batch 8) and ours per dtype and batch."""
     import torch
 
-    from tutorloop.agents.generators.hf import HFGenerator
+    from tutorloop.generators.hf import HFGenerator
     from tutorloop.models import load_causal_lm, load_tokenizer, render_prompt_ids, resolve_model
 
     path = resolve_model(MODEL)

@@ -399,7 +399,7 @@ def _auto() -> str:
 
 
 def generators(common: Any) -> tuple[Any, Any]:
-    from tutorloop.agents.generators.hf import HFGenerator
+    from tutorloop.generators.hf import HFGenerator
 
     assets = common.ensure_assets()
     return HFGenerator(str(assets / "student"), seed=0), HFGenerator(str(assets / "teacher"), seed=1)

@@ -102,9 +102,9 @@ def bench_sizes(repeats: int) -> list[tuple[str, float, float, float]]:
 def bench_lora_adapter(repeats: int) -> tuple[float, float]:
     """The real thing: OnlineTrainer (SmolLM2-135M, LoRA r16 on all linear layers) to HFGenerator."""
     from tutorloop.config import Resources, RuntimeConfig
+    from tutorloop.generators.hf import HFGenerator
     from tutorloop.runtime.ray import RayRuntime
     from tutorloop.trainers.online import OnlineTrainer
-    from tutorloop.agents.generators.hf import HFGenerator
     from tutorloop.trainers.weight_sync import sync_weights
 
     lora = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",

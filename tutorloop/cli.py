@@ -91,7 +91,7 @@ async def _eval(cfg, config_path: str, checkpoint: str | None, out: str | None) 
 def _eval_problems(cfg) -> list:
     """The problems `tutorloop eval` scores: the run's held-out split (as the training loop evaluates
     it), or the first tasks.num_eval of the source in its own order (a benchmark's test file)."""
-    from tutorloop.envs.tasks import build_tasks, load_problems, make_arithmetic_problems
+    from tutorloop.tasks import build_tasks, load_problems, make_arithmetic_problems
 
     t = cfg.tasks
     if cfg.eval.problems == "held_out":

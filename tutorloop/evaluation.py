@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from tutorloop.agents.prompts import student_attempt
-from tutorloop.envs.graders import ANSWER_STOP, BOXED_STOP, verify
+from tutorloop.graders import ANSWER_STOP, BOXED_STOP, verify
 from tutorloop.types import Problem, SamplingParams
 
 

@@ -13,12 +13,14 @@ from typing import Any, Awaitable, Callable
 from tutorloop.agents import build_agents, build_generators
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
-from tutorloop.envs import TutoringEnv, build_tasks, verify
+from tutorloop.envs import TutoringEnv
 from tutorloop.envs.to_examples import to_train_batch
 from tutorloop.errors import UserError
 from tutorloop.evaluation import greedy_accuracy
+from tutorloop.graders import verify
 from tutorloop.metrics import RunLog, episode_metrics
 from tutorloop.runtime import build_runtime
+from tutorloop.tasks import build_tasks
 from tutorloop.trainers import build_trainer, lora_kwargs
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 from tutorloop.checkpoint import write_file
 from tutorloop.config import WandbConfig
-from tutorloop.envs.graders import undecodable
+from tutorloop.graders import undecodable
 from tutorloop.types import Episode
 
 TABLE_COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,10 +96,19 @@ def _convert_gguf(gguf_dir: Path, filename: str, target: Path) -> None:
     tmp.rename(target)
 
 
-def model_vocab(name: str, *, field: str, trust_remote_code: bool = False) -> dict[str, int]:
-    """The tokenizer vocabulary of the model at `name`, after failing fast, with `field` in the one-line
-    message, on what would otherwise break deep inside a load: no safetensors weights, no tokenizer,
-    or code in the model directory that the config did not allow to run."""
+@dataclass(frozen=True, slots=True)
+class ModelVocab:
+    tokens: dict[str, int]
+    """The tokenizer's vocabulary: token -> id."""
+    width: int | None
+    """config.vocab_size: the logits' last dimension, which may exceed the tokenizer (padding rows);
+    None when the config does not say."""
+
+
+def model_vocab(name: str, *, field: str, trust_remote_code: bool = False) -> ModelVocab:
+    """The tokenizer vocabulary and logits width of the model at `name`, after failing fast, with
+    `field` in the one-line message, on what would otherwise break deep inside a load: no safetensors
+    weights, no tokenizer, or code in the model directory that the config did not allow to run."""
     from transformers import AutoConfig
 
     path = resolve_model(name, field=field)
@@ -108,10 +118,12 @@ def model_vocab(name: str, *, field: str, trust_remote_code: bool = False) -> di
         raise UserError(f"{field}: '{path}' holds no model.safetensors{found}; tutorloop loads weights only "
                         "from safetensors, never from pickle files")
     try:
-        AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"{field}: {_load_failure(path, exc, field)}") from None
-    return load_tokenizer(path, trust_remote_code=trust_remote_code, field=field).get_vocab()
+    width = getattr(config.get_text_config(), "vocab_size", None)  # multimodal configs nest it
+    return ModelVocab(tokens=load_tokenizer(path, trust_remote_code=trust_remote_code, field=field).get_vocab(),
+                      width=width if isinstance(width, int) else None)
 
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False, field: str = "model") -> Any:

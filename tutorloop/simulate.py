@@ -16,16 +16,16 @@ from typing import Any
 from tutorloop.agents import TutorAgent, build_dialogue_agents, build_generators
 from tutorloop.checkpoint import save_model
 from tutorloop.config import RunConfig, config_dict
-from tutorloop.envs import build_tasks
 from tutorloop.envs.dialogue import DialogueEnv
-from tutorloop.envs.mathdial import load_mathdial, with_students
-from tutorloop.envs.tasks import TaskPool
+from tutorloop.envs.mathdial import load_mathdial
 from tutorloop.envs.to_examples import to_tutor_batch
 from tutorloop.envs.tutoring_metrics import dialogue_metrics
 from tutorloop.errors import UserError
 from tutorloop.loop import generation_metrics, note_threads, prepare_run_dir, run_episodes, seed_everything
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
+from tutorloop.tasks import TaskPool, build_tasks
+from tutorloop.tasks.mathdial import with_students
 from tutorloop.trainers import build_trainer, lora_kwargs
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights

@@ -25,9 +25,9 @@ if not torch.cuda.is_available():
 
 from conftest import save_tiny_lm  # noqa: E402
 
-from tutorloop.agents.generators.hf import HFGenerator  # noqa: E402
-from tutorloop.agents.generators.openai import OpenAIGenerator  # noqa: E402
-from tutorloop.agents.generators.vllm import VLLMGenerator  # noqa: E402
+from tutorloop.generators.hf import HFGenerator  # noqa: E402
+from tutorloop.generators.openai import OpenAIGenerator  # noqa: E402
+from tutorloop.generators.vllm import VLLMGenerator  # noqa: E402
 from tutorloop.types import SamplingParams  # noqa: E402
 
 PROMPTS = [({"role": "user", "content": "1 + 2 ="},), ({"role": "user", "content": "a much longer prompt, 40 + 2 ="},)]

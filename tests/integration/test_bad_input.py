@@ -95,6 +95,29 @@ def test_teacher_with_another_vocabulary_when_opd_is_on(tmp_path, capsys, tiny_l
     check_models(without_opd, ("student", "teacher", "mentor"))  # no token-level objective: no objection
 
 
+def test_teacher_with_wider_logits_when_opd_is_on(tmp_path, capsys, tiny_lm_dir, tiny_teacher_dir):
+    """Same tokenizer, padded embedding rows (Qwen2.5-0.5B's 151936 against 7B's 152064): the
+    teacher's top-k ids would index past the student's logits."""
+    from transformers import AutoModelForCausalLM
+
+    teacher = tmp_path / "padded"
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    model.resize_token_embeddings(model.config.vocab_size + 8)  # 259 -> 267 rows, the tokenizer as it was
+    model.save_pretrained(teacher)
+    for name in TOKENIZER_FILES:
+        if (tiny_teacher_dir / name).exists():
+            shutil.copy(tiny_teacher_dir / name, teacher / name)
+    differ = {k for k, v in json.loads((teacher / "config.json").read_text()).items()
+              if json.loads((tiny_teacher_dir / "config.json").read_text()).get(k) != v}
+    assert differ == {"vocab_size"}
+    config = _config(tmp_path, tiny_lm_dir, teacher)
+    err = _one_line_error(capsys, ["run", config])
+    assert (f"agents.teacher.model ({teacher}) has 267 logits per token and agents.student.model "
+            f"({tiny_lm_dir}) has 259 (config.vocab_size)") in err
+    without_opd = load_config(config, ["trainer.weights={sft: 1, dpo: 0.5, opd: 0}"])
+    check_models(without_opd, ("student", "teacher", "mentor"))  # SFT and DPO never mix their logits
+
+
 def test_run_dir_that_is_a_file(tmp_path, capsys, tiny_lm_dir, tiny_teacher_dir):
     (tmp_path / "run").write_text("not a directory")
     err = _one_line_error(capsys, ["run", _config(tmp_path, tiny_lm_dir, tiny_teacher_dir)])

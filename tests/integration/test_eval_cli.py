@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tutorloop.cli import main
-from tutorloop.envs.tasks import load_gsm8k
+from tutorloop.tasks.sources import load_gsm8k
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 import torch
 
-from tutorloop.agents.generators.hf import HFGenerator
+from tutorloop.generators.hf import HFGenerator
 from tutorloop.types import SamplingParams
 
 pytestmark = pytest.mark.integration

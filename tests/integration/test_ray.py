@@ -120,7 +120,7 @@ def test_a_crashed_run_continues_on_ray_with_the_same_rounds_and_data(ray_local,
     bit-exact: each actor batches the requests that happen to reach it together, network arrival
     order changes the batch shapes (padding), and so the float rounding of teacher scores. What is
     exact: each round once, the same problems in the same order, and the policy versions."""
-    from tutorloop.envs import build_tasks
+    from tutorloop.tasks import build_tasks
 
     real, calls = loop.run_episodes, []
 
@@ -150,8 +150,8 @@ def test_a_crashed_run_continues_on_ray_with_the_same_rounds_and_data(ray_local,
 def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, tiny_lm_dir):
     import torch
 
-    from tutorloop.agents.generators.hf import HFGenerator
     from tutorloop.config import Resources, RuntimeConfig
+    from tutorloop.generators.hf import HFGenerator
     from tutorloop.runtime.ray import RayRuntime
     from tutorloop.trainers.online import OnlineTrainer
     from tutorloop.trainers.weight_sync import PackedWeights, SharedWeights, sync_weights, unpack

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 import torch
 
-from tutorloop.agents.generators.hf import HFGenerator
+from tutorloop.generators.hf import HFGenerator
 from tutorloop.trainers.online import OnlineTrainer
 from tutorloop.types import OPDExample, PreferencePair, SamplingParams, SFTExample, TrainBatch
 

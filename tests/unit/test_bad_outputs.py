@@ -4,13 +4,13 @@ model; one test per kind."""
 
 import asyncio
 
-from tutorloop.agents.generators.scripted import ScriptedGenerator
 from tutorloop.agents.mentor import MentorAgent
 from tutorloop.agents.student import StudentAgent
 from tutorloop.agents.teacher import TeacherAgent
-from tutorloop.envs.graders import contains_number, verify
 from tutorloop.envs.to_examples import to_train_batch
 from tutorloop.envs.tutoring import TutoringEnv
+from tutorloop.generators.scripted import ScriptedGenerator
+from tutorloop.graders import contains_number, verify
 from tutorloop.metrics import episode_metrics
 from tutorloop.types import Problem, SamplingParams
 

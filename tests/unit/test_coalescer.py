@@ -1,6 +1,6 @@
 import asyncio
 
-from tutorloop.agents.generators.hf import Coalescer
+from tutorloop.generators.hf import Coalescer
 
 
 def test_concurrent_requests_share_one_batched_call():

@@ -4,13 +4,13 @@ keeps, and the tutor's lessons (SFT on success without telling, DPO success > te
 import asyncio
 
 from tutorloop.agents import prompts
-from tutorloop.agents.generators.scripted import ScriptedGenerator
 from tutorloop.agents.sim_student import SimStudentAgent
 from tutorloop.agents.tagger import TaggerAgent, parse_move
 from tutorloop.agents.tutor import TutorAgent
 from tutorloop.envs.dialogue import DialogueEnv
-from tutorloop.envs.graders import contains_number
 from tutorloop.envs.to_examples import to_tutor_batch
+from tutorloop.generators.scripted import ScriptedGenerator
+from tutorloop.graders import contains_number
 from tutorloop.types import Problem, SamplingParams, StopReason, Turn
 
 PROBLEM = Problem("p1", "Ana has 3 bags of 4 plums. How many plums?", answer="12",

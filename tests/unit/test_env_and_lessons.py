@@ -2,13 +2,13 @@
 
 import asyncio
 
-from tutorloop.agents.generators.scripted import ScriptedGenerator
 from tutorloop.agents.mentor import MentorAgent, redact_number
 from tutorloop.agents.student import StudentAgent
 from tutorloop.agents.teacher import TeacherAgent
-from tutorloop.envs.graders import contains_number, verify
 from tutorloop.envs.to_examples import to_train_batch
 from tutorloop.envs.tutoring import TutoringEnv
+from tutorloop.generators.scripted import ScriptedGenerator
+from tutorloop.graders import contains_number, verify
 from tutorloop.types import Problem, SamplingParams, StopReason, TokenScores
 
 PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?", answer="29",

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.agents.generators.scripted import ScriptedGenerator
-from tutorloop.agents.prompts import student_attempt, student_revision
-from tutorloop.envs.graders import ANSWER_STOP, BOXED_STOP, last_boxed, verify
-from tutorloop.envs.tasks import build_tasks, load_hf, load_math500, load_problems, load_svamp
+from tutorloop.agents.prompts import privileged, student_attempt, student_revision
 from tutorloop.errors import UserError
 from tutorloop.evaluation import evaluate, greedy_accuracy, pass_at_k, result_record, stop_regex
+from tutorloop.generators.scripted import ScriptedGenerator
+from tutorloop.graders import ANSWER_STOP, BOXED_STOP, last_boxed, verify
+from tutorloop.tasks.sources import build_tasks, load_hf, load_math500, load_problems, load_svamp
 from tutorloop.types import Problem
 
 
@@ -259,6 +259,22 @@ def test_student_prompt_asks_for_the_graded_form():
     assert "\\boxed{}" in student_attempt(latex)[0]["content"]
     assert "\\boxed{}" in student_revision(latex, "try", "hint")[-1]["content"]
     assert "The answer is N." in student_revision(number, "try", "hint")[-1]["content"]
+
+
+def test_the_opd_teacher_is_told_the_format_the_student_was_told():
+    """The teacher scores the student's tokens under the student's own instructions plus the
+    reference: a \\boxed{} reply must not be scored against a request for 'The answer is N.'"""
+    number, latex = Problem(id="a", prompt="p", answer="1", solution="1 = 1."), latex_problem("1")
+    for problem in (number, latex):
+        student = student_attempt(problem)
+        teacher = privileged(student, problem)
+        assert teacher[0]["content"].startswith(student[0]["content"] + "\nReference solution (for you only):\n")
+        assert teacher[1:] == student[1:]
+    assert "The answer is N." not in privileged(student_attempt(latex), latex)[0]["content"]
+    assert privileged(student_attempt(number), number)[0]["content"] == (  # unchanged for numbers
+        "Solve the problem step by step. End with 'The answer is N.'\nReference solution (for you only):\n1 = 1.")
+    bare = ({"role": "user", "content": "p"},)  # no system message: the format the problem asks for
+    assert privileged(bare, latex)[0]["content"].startswith(student_attempt(latex)[0]["content"])
 
 
 # --- pass@k and evaluate ------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from tutorloop.envs.graders import (Verdict, contains_number, extract_answer, grade, is_correct,
-                                    normalize_number, verify)
+from tutorloop.graders import (Verdict, contains_number, extract_answer, grade, is_correct,
+                               normalize_number, verify)
 from tutorloop.types import Problem
 
 

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from tutorloop.envs.mathdial import gold_answer, load_mathdial, plant_mistake, with_students
-from tutorloop.envs.tasks import build_tasks, make_arithmetic_problems
+from tutorloop.envs.mathdial import load_mathdial
 from tutorloop.errors import UserError
+from tutorloop.tasks import build_tasks, make_arithmetic_problems
+from tutorloop.tasks.mathdial import gold_answer, plant_mistake, with_students
 from tutorloop.types import Problem
 
 from conftest import SHARED_DATA

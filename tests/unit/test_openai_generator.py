@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from tutorloop.agents.generators.openai import OpenAIGenerator
 from tutorloop.agents.protocol import Generator
-from tutorloop.envs.graders import ANSWER_STOP
 from tutorloop.errors import UserError
+from tutorloop.generators.openai import OpenAIGenerator
+from tutorloop.graders import ANSWER_STOP
 from tutorloop.types import SamplingParams
 
 REPLY = "Mistake: 4 + 4 is 8. The answer is: 8.\nAnd then it rambles on"

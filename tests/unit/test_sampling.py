@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from tutorloop.agents.generators.hf import TOP_K, candidates, pick_tokens
+from tutorloop.generators.hf import TOP_K, candidates, pick_tokens
 
 
 def transformers_probs(logits_B_V, temperature, top_p):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.envs.graders import extract_answer, is_correct
-from tutorloop.envs.tasks import (TaskPool, build_tasks, load_gsm8k, load_jsonl,
-                                  make_arithmetic_problems, split_train_eval)
 from tutorloop.errors import UserError
+from tutorloop.graders import extract_answer, is_correct
+from tutorloop.tasks.sources import (TaskPool, build_tasks, load_gsm8k, load_jsonl, make_arithmetic_problems,
+                                     split_train_eval)
 from tutorloop.types import Problem
 
 
@@ -240,7 +240,7 @@ def test_unpaired_surrogate_escape_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_too_few_distinct_arithmetic_problems_is_one_line(monkeypatch):
-    from tutorloop.envs import arithmetic
+    from tutorloop.tasks import arithmetic
 
     monkeypatch.setattr(arithmetic, "_word_problem", lambda rng, difficulty: ("Same story?", ["1 + 1 = 2."], 2))
     with pytest.raises(UserError, match="could only generate 1 distinct arithmetic problems of difficulty 1, asked for 3"):

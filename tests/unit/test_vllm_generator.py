@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from tutorloop.agents.generators.vllm import VLLMGenerator, _import_vllm, lora_rank_slot, target_scores
 from tutorloop.agents.protocol import Generator
-from tutorloop.envs.graders import ANSWER_STOP
 from tutorloop.errors import UserError
+from tutorloop.generators.vllm import VLLMGenerator, _import_vllm, lora_rank_slot, target_scores
+from tutorloop.graders import ANSWER_STOP
 from tutorloop.models import render_prompt_ids
 from tutorloop.types import SamplingParams
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tutorloop.agents.generators import generator_class
 from tutorloop.agents.mentor import MentorAgent
 from tutorloop.agents.prompts import NEXT_SPEAKER_STOP
 from tutorloop.agents.protocol import Agent, Generator
@@ -17,9 +16,10 @@ from tutorloop.agents.tagger import TaggerAgent
 from tutorloop.agents.teacher import TeacherAgent
 from tutorloop.agents.tutor import TutorAgent
 from tutorloop.config import AgentConfig, RunConfig
-from tutorloop.envs.graders import ANSWER_STOP, contains_number, verify
 from tutorloop.errors import UserError
-from tutorloop.models import model_vocab
+from tutorloop.generators import generator_class
+from tutorloop.graders import ANSWER_STOP, contains_number, verify
+from tutorloop.models import ModelVocab, model_vocab
 from tutorloop.types import Role, SamplingParams
 
 
@@ -60,17 +60,29 @@ def spawn_generator(runtime: Any, spec: AgentConfig, seed: int, *, lora: dict[st
 
 def check_models(cfg: RunConfig, roles: Sequence[Role]) -> None:
     """Fail fast, naming the config key, on a local model a role could not load, and on OPD between
-    different tokenizers: the teacher scores the student's own token ids, which must mean the same."""
-    vocabs: dict[str, dict[str, int]] = {}
+    different tokenizers or logits of different widths: the teacher scores the student's own token
+    ids, which must mean the same, and its top-k ids index the student's logits."""
+    vocabs: dict[str, ModelVocab] = {}
     for role in roles:
         spec = cfg.agents[role]
         if spec.generator in ("hf", "vllm"):  # the others have no weights here (scripted, an endpoint)
             vocabs[role] = model_vocab(spec.model, field=f"agents.{role}.model", trust_remote_code=spec.trust_remote_code)
     student, teacher = vocabs.get("student"), vocabs.get("teacher")
-    if cfg.trainer.weights["opd"] > 0 and student is not None and teacher is not None and student != teacher:
-        how = f"{len(teacher)} vs {len(student)} tokens" if len(teacher) != len(student) else "same size, other ids"
+    if cfg.trainer.weights["opd"] <= 0 or student is None or teacher is None:
+        return
+    if student.tokens != teacher.tokens:
+        how = (f"{len(teacher.tokens)} vs {len(student.tokens)} tokens" if len(teacher.tokens) != len(student.tokens)
+               else "same size, other ids")
         raise UserError(f"agents.teacher.model: its tokenizer differs from agents.student.model's ({how}); "
                         "on-policy distillation (trainer.weights.opd > 0) needs both to share one tokenizer")
+    # Refused, not handled, even with one tokenizer (Qwen2.5-0.5B 151936 vs 7B 152064 padded rows):
+    # the teacher's top-k ranges over its own rows, so an id past the student's width indexes outside
+    # its logits, and dropping those ids means renormalizing the teacher's top-k in every backend's
+    # scoring (hf, vllm, an endpoint's logprobs), a change to the objective rather than to a check.
+    if None not in (student.width, teacher.width) and student.width != teacher.width:
+        raise UserError(f"agents.teacher.model ({cfg.agents['teacher'].model}) has {teacher.width} logits per token "
+                        f"and agents.student.model ({cfg.agents['student'].model}) has {student.width} "
+                        "(config.vocab_size); on-policy distillation (trainer.weights.opd > 0) needs both the same")
 
 
 def build_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role, Agent]:

@@ -25,7 +25,7 @@ TEACHER_ASK = ("Problem: {problem}\n\nStudent's attempt:\n{attempt}\n\n"
                "Write 'Mistake:' and the student's first mistake in one sentence. Then write 'Solution:' "
                "and the correct solution, step by step, ending with 'The answer is N.'")
 
-PRIVILEGED_SYSTEM = STUDENT_SYSTEM + "\nReference solution (for you only):\n{solution}"
+PRIVILEGED_SYSTEM = "{student_system}\nReference solution (for you only):\n{solution}"
 
 MENTOR_SYSTEM = "You are a tutor. Help the student find their mistake. Never state the answer."
 
@@ -59,10 +59,15 @@ def teacher_correction(problem: Problem, attempt: str) -> Messages:
 
 def privileged(student_prompt: Messages, problem: Problem) -> Messages:
     """The student's own prompt with the reference solution added to the system message: the
-    teacher's context for scoring the student's tokens (self-distillation with privileged context)."""
+    teacher's context for scoring the student's tokens (self-distillation with privileged context).
+    The student's instructions stay as they were, answer format included (\\boxed{} or 'The answer
+    is N.'), so the teacher scores the tokens under the request that produced them."""
     solution = problem.solution or f"The answer is {problem.answer}."
-    system = {"role": "system", "content": PRIVILEGED_SYSTEM.format(solution=solution)}
-    rest = student_prompt[1:] if student_prompt and student_prompt[0]["role"] == "system" else student_prompt
+    if student_prompt and student_prompt[0]["role"] == "system":
+        told, rest = student_prompt[0]["content"], student_prompt[1:]
+    else:
+        told, rest = student_attempt(problem)[0]["content"], student_prompt
+    system = {"role": "system", "content": PRIVILEGED_SYSTEM.format(student_system=told, solution=solution)}
     return (system, *rest)
 
 

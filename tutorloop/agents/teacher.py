@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from tutorloop.agents import prompts
 from tutorloop.agents.protocol import Generator
-from tutorloop.envs.graders import Verdict
+from tutorloop.graders import Verdict
 from tutorloop.types import Completion, Problem, Role, SamplingParams, TokenScores, Turn
 
 

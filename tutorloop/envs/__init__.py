@@ -1,10 +1,9 @@
-"""Problem sources, graders and the tutoring env."""
+"""Envs: the protocols that turn a problem into an episode (the correction env, tutoring dialogues)
+and the lessons and metrics drawn from their episodes."""
 
 from __future__ import annotations
 
-from tutorloop.envs.graders import Grader, Verdict, grade, verify
 from tutorloop.envs.protocol import Env
-from tutorloop.envs.tasks import TaskPool, build_tasks
 from tutorloop.envs.tutoring import TutoringEnv
 
-__all__ = ["Env", "Grader", "TaskPool", "TutoringEnv", "Verdict", "build_tasks", "grade", "verify"]
+__all__ = ["Env", "TutoringEnv"]

@@ -16,8 +16,8 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from tutorloop.agents import prompts
-from tutorloop.envs.graders import contains_number
 from tutorloop.envs.tutoring_metrics import dialogue_rewards
+from tutorloop.graders import contains_number
 from tutorloop.types import Episode, Problem, Role, StopReason, Turn
 
 

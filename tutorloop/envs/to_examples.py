@@ -15,8 +15,8 @@ from typing import Callable, Iterable
 from tutorloop.agents.prompts import split_correction
 from tutorloop.types import Episode, OPDExample, PreferencePair, Problem, SFTExample, TrainBatch, Turn
 
-from tutorloop.envs.graders import Verdict, contains_number, undecodable
 from tutorloop.envs.tutoring_metrics import outcome
+from tutorloop.graders import Verdict, contains_number, undecodable
 
 Verifier = Callable[[Problem, str], Verdict]
 

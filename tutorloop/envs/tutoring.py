@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from tutorloop.types import Episode, Problem, Role, StopReason, Turn
 
 from tutorloop.agents.prompts import split_correction
-from tutorloop.envs.graders import Verdict
+from tutorloop.graders import Verdict
 
 Verifier = Callable[[Problem, str], Verdict]
 

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tutorloop.envs.graders import contains_number
+from tutorloop.graders import contains_number
 from tutorloop.types import MOVES, Episode, Turn
 
 KS = tuple(range(1, 8))

@@ -120,7 +120,7 @@ class RayProxy:
     batching would see only the first few, so a stage would run as several small batches."""
 
     def __init__(self, cls: type, handles: list[Any]) -> None:
-        from tutorloop.agents.generators.hf import Coalescer
+        from tutorloop.generators.hf import Coalescer
 
         self._cls, self._handles, self._turn = cls, handles, 0
         self._colocated: bool | None = None

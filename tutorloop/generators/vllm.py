@@ -26,9 +26,9 @@ from itertools import count
 from pathlib import Path
 from typing import Any, Sequence
 
-from tutorloop.agents.generators.hf import Coalescer
-from tutorloop.agents.generators.stops import stop_length
 from tutorloop.errors import UserError
+from tutorloop.generators.hf import Coalescer
+from tutorloop.generators.stops import stop_length
 from tutorloop.models import load_tokenizer, render_prompt_ids, resolve_model
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 

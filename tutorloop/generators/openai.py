@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from tutorloop.agents.generators.stops import stop_length
-from tutorloop.agents.generators.vllm import target_scores
 from tutorloop.errors import UserError
+from tutorloop.generators.stops import stop_length
+from tutorloop.generators.vllm import target_scores
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 
 

@@ -7,10 +7,10 @@ import importlib
 from typing import Any
 
 GENERATORS = {
-    "hf": "tutorloop.agents.generators.hf:HFGenerator",
-    "vllm": "tutorloop.agents.generators.vllm:VLLMGenerator",  # needs the [vllm] extra and a GPU
-    "openai": "tutorloop.agents.generators.openai:OpenAIGenerator",
-    "scripted": "tutorloop.agents.generators.scripted:ScriptedGenerator",
+    "hf": "tutorloop.generators.hf:HFGenerator",
+    "vllm": "tutorloop.generators.vllm:VLLMGenerator",  # needs the [vllm] extra and a GPU
+    "openai": "tutorloop.generators.openai:OpenAIGenerator",
+    "scripted": "tutorloop.generators.scripted:ScriptedGenerator",
 }
 
 

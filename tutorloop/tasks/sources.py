@@ -1,4 +1,4 @@
-"""Problem sources: the seeded arithmetic word problems (`envs.arithmetic`), loaders for GSM8K, SVAMP, MATH-500,
+"""Problem sources: the seeded arithmetic word problems (`tasks.arithmetic`), loaders for GSM8K, SVAMP, MATH-500,
 plain JSONL and Hugging Face `datasets`, and the train/eval pool the loop samples from each round.
 
 Nothing here touches the network or global random state: the same seed always gives the same
@@ -8,7 +8,6 @@ names the file and line, because a traceback from deep inside a loader tells the
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -16,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tutorloop.envs.arithmetic import DIFFICULTIES, make_arithmetic_problems
-from tutorloop.envs.graders import normalize_number
 from tutorloop.errors import UserError
+from tutorloop.graders import normalize_number
+from tutorloop.tasks.arithmetic import DIFFICULTIES, make_arithmetic_problems
+from tutorloop.tasks.mathdial import mathdial_problems
+from tutorloop.tasks.rows import one_line, read_json_array, read_rows
 from tutorloop.types import Problem
 
 SOURCES = ("arithmetic", "gsm8k", "jsonl", "mathdial", "svamp", "math500", "hf")
@@ -141,7 +142,7 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
     "#### n" line becomes "The answer is n." so the graders read it like any model reply.
     """
     problems: list[tuple[int, Problem]] = []
-    for lineno, row in _read_rows(path):
+    for lineno, row in read_rows(path):
         question = _text_field(row, "question", path, lineno)
         answer, steps = _gsm8k_answer(_text_field(row, "answer", path, lineno), path, lineno)
         problem = Problem(id=_row_id(row, f"gsm8k-{lineno}"), prompt=question.strip(), answer=answer,
@@ -165,7 +166,7 @@ def load_jsonl(path: str | Path) -> list[Problem]:
     """Plain JSONL rows {"id", "prompt", "answer", "solution"?}; the answer is a number or a numeric
     string, the id defaults to "<file stem>-<line number>"."""
     problems: list[tuple[int, Problem]] = []
-    for lineno, row in _read_rows(path):
+    for lineno, row in read_rows(path):
         prompt = _text_field(row, "prompt", path, lineno)
         if "answer" not in row:
             raise UserError(f"{path} line {lineno}: missing field 'answer'")
@@ -184,7 +185,7 @@ def load_svamp(path: str | Path) -> list[Problem]:
     prompt is Body + " " + Question; the float answer (8.0) becomes the number "8"; rows are
     numbered from 1 in errors."""
     problems: list[tuple[int, Problem]] = []
-    for row_no, row in _read_json_array(path):
+    for row_no, row in read_json_array(path):
         body = row.get("Body", "")
         if not isinstance(body, str):
             raise UserError(f"{path} row {row_no}: field 'Body' must be a string")
@@ -206,7 +207,7 @@ def load_math500(path: str | Path) -> list[Problem]:
     LaTeX (`\\frac{14}{3}`, `\\left( 3, \\frac{\\pi}{2} \\right)`): the grader compares the reply's
     last \\boxed{...} with it through math-verify (answer_format "latex")."""
     problems: list[tuple[int, Problem]] = []
-    for lineno, row in _read_rows(path):
+    for lineno, row in read_rows(path):
         prompt = _text_field(row, "problem", path, lineno)
         if "answer" not in row:
             raise UserError(f"{path} line {lineno}: missing field 'answer'")
@@ -262,7 +263,7 @@ def _open_hf_dataset(name: str, split: str) -> Any:
         try:
             loaded = datasets.load_from_disk(name)
         except (OSError, ValueError) as exc:
-            raise UserError(f"{name}: not a dataset written by save_to_disk ({_one_line(str(exc))})") from None
+            raise UserError(f"{name}: not a dataset written by save_to_disk ({one_line(str(exc))})") from None
     elif Path(name).exists():
         raise UserError(f"{name}: the hf source reads a save_to_disk directory or a hub id, not a file")
     else:
@@ -271,7 +272,7 @@ def _open_hf_dataset(name: str, split: str) -> Any:
                                          download_config=datasets.DownloadConfig(local_files_only=True))
         except (OSError, ValueError) as exc:
             raise UserError(f"{name}: not a dataset directory, nor a dataset (split {split!r}) in the local "
-                            f"Hugging Face cache; tutorloop does not download ({_one_line(str(exc))[:200]})") from None
+                            f"Hugging Face cache; tutorloop does not download ({one_line(str(exc))[:200]})") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise UserError(f"{name}: no split {split!r} (tasks.split); splits: {', '.join(loaded)}")
@@ -279,68 +280,11 @@ def _open_hf_dataset(name: str, split: str) -> Any:
     return loaded
 
 
-def _read_json_array(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(row number from 1, JSON object) for each element of a file that is one JSON array."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8").lstrip("\ufeff")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid UTF-8") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} line {e.lineno}: not valid JSON ({_one_line(e.msg)})") from None
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON array of problems, got a JSON {type(data).__name__} "
-                        "(SVAMP is one array, not JSONL)")
-    if not data:
-        raise UserError(f"{path}: contains no problems")
-    for row_no, row in enumerate(data, start=1):
-        if not isinstance(row, dict):
-            raise UserError(f"{path} row {row_no}: expected a JSON object, got {type(row).__name__}")
-    return list(enumerate(data, start=1))
-
-
 def _load_mathdial_problems(path: str | Path) -> list[Problem]:
-    from tutorloop.envs.mathdial import load_mathdial  # it reads rows with this module's reader
-
-    problems = list(load_mathdial(path).problems)
+    problems = mathdial_problems(path)
     if not problems:
         raise UserError(f"{path}: no MathDial row has a question, a numeric ground truth and an incorrect solution")
     return problems
-
-
-def _read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for each non-blank line; every failure is a one-line UserError."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    rows = []
-    # bytes.splitlines only breaks on \n and \r; str.splitlines would also break inside JSON
-    # strings holding U+2028 and friends.
-    for lineno, raw in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8").lstrip("\ufeff")
-        except UnicodeDecodeError:
-            raise UserError(f"{path} line {lineno}: not valid UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {lineno}: not valid JSON ({_one_line(e.msg)})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append((lineno, row))
-    if not rows:
-        raise UserError(f"{path}: contains no problems")
-    return rows
 
 
 # `unit` names what `lineno` counts in messages: a JSONL "line", a JSON array's "row", a dataset's index.
@@ -363,7 +307,7 @@ def _number(value: Any, path: str | Path, lineno: int, unit: str = "line") -> st
     numeric = isinstance(value, (str, int, float)) and not isinstance(value, bool)
     number = normalize_number(str(value)) if numeric else None
     if number is None:
-        raise UserError(f"{path} {unit} {lineno}: answer {_one_line(repr(value))[:60]} is not a number")
+        raise UserError(f"{path} {unit} {lineno}: answer {one_line(repr(value))[:60]} is not a number")
     return number
 
 
@@ -380,7 +324,3 @@ def _unique(problems: list[tuple[int, Problem]], path: str | Path, unit: str = "
                             f"(first seen on {unit} {first_seen[problem.id]})")
         first_seen[problem.id] = lineno
     return [problem for _, problem in problems]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
