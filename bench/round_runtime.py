@@ -53,7 +53,7 @@ def standalone(config: str, runtime: str, overrides: list[str], run_dir: Path, b
     """tokens/s of each role's generator alone, on the round's prompts at the round's batch size."""
     from tutorloop.agents import build_generators, sampling
     from tutorloop.config import load_config
-    from tutorloop.envs.graders import ANSWER_STOP
+    from tutorloop.graders import ANSWER_STOP
     from tutorloop.runtime import build_runtime
     from tutorloop.trainers import lora_kwargs
 

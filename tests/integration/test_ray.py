@@ -227,7 +227,7 @@ def test_concurrent_requests_reach_the_actors_as_one_batch_split_across_replicas
 def test_each_actor_gets_its_nodes_cores_and_takes_turns_on_them(ray_local):
     from tutorloop.config import Resources, RuntimeConfig
     from tutorloop.hardware import usable_cores
-    from tutorloop.agents.generators.scripted import ScriptedGenerator
+    from tutorloop.generators.scripted import ScriptedGenerator
     from tutorloop.runtime.ray import RayRuntime
 
     runtime = RayRuntime(RuntimeConfig(kind="ray"))
