@@ -68,11 +68,14 @@ def standalone(config: str, runtime: str, overrides: list[str], run_dir: Path, b
         rt.shutdown()
 
 
-async def _alone(generator, prompts: list[tuple], batch: int, params) -> float:
-    await generator.generate(prompts[:batch], params)  # warm-up: first calls allocate
+async def _alone(generator, prompts: list[tuple], batch: int, params, batches: int = 3) -> float:
+    """`batches` batches of `batch` rows, taken in turn from the round's prompts (repeated if few)."""
+    batch = max(1, batch)
+    cycle = [prompts[i % len(prompts)] for i in range(batch * (batches + 1))]
+    await generator.generate(cycle[:batch], params)  # warm-up: first calls allocate
     await generator.stats()
-    for start in range(0, len(prompts) - batch + 1, batch):
-        await generator.generate(prompts[start:start + batch], params)
+    for start in range(batch, len(cycle), batch):
+        await generator.generate(cycle[start:start + batch], params)
     stats = await generator.stats()
     return stats["gen_tokens"] / stats["gen_seconds"]
 
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--runtimes", default="local,ray")
+    parser.add_argument("--json", default=str(RESULTS), help="where the results go")
     parser.add_argument("overrides", nargs="*", help="key=value for every run")
     args = parser.parse_args(argv)
     results = []
@@ -119,8 +123,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             batch = {role: statistics.mean(r.get(f"gen/{role}_batch_size", 0) for r in rows) for role in ROLES}
             alone = standalone(args.config, runtime, args.overrides, run_dir, batch)
             results.append(summarize(runtime, rows, seconds, alone))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
                                    "command": " ".join(["bench/round_runtime.py", *(argv or [])]),
                                    "results": results}, indent=1) + "\n")
     print(table(results, machine_line()))

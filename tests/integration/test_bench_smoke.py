@@ -28,3 +28,17 @@ def test_trl_speed_quick(capsys, tmp_path):
         assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] > 0
     assert "| what |" in capsys.readouterr().out
     assert json.loads((tmp_path / "trl_speed.json").read_text())["rows"] == rows
+
+
+def test_round_runtime_on_tiny_models(capsys, tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    tiny = [f"agents.{role}.model={path}" for role, path in
+            (("student", tiny_lm_dir), ("teacher", tiny_teacher_dir), ("mentor", tiny_teacher_dir))]
+    results = _load("round_runtime").main(["--rounds", "1", "--runtimes", "local", "--json", str(tmp_path / "r.json"),
+                                           *tiny, "loop.problems_per_round=4", "tasks.num_train=16",
+                                           "tasks.num_eval=4", "trainer.opd.top_k=4"])
+    (local,) = results
+    assert local["runtime"] == "local" and len(local["rounds"]) == 1
+    assert local["standalone_tok_s"]["student"] > 0 and local["in_round_over_standalone"]["student"] > 0
+    assert local["rounds"][0]["student_batch"] >= 1
+    assert json.loads((tmp_path / "r.json").read_text())["machine"]["cores"] >= 1
+    assert "| local | 0 |" in capsys.readouterr().out
