@@ -54,8 +54,9 @@ class VLLMGenerator:
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.vllm = backend if backend is not None else _import_vllm()
         rank = lora["r"] if lora is not None else _adapter_rank(adapter) if adapter is not None else None
-        args = engine_args(path, dtype=resolve_dtype(dtype, "cuda"), seed=seed, max_batch_size=max_batch_size, tensor_parallel=tensor_parallel,
-                           gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode, lora_rank=rank)
+        args = engine_args(path, dtype=resolve_dtype(dtype, "cuda"), seed=seed, max_batch_size=max_batch_size,
+                           tensor_parallel=tensor_parallel, gpu_memory_utilization=gpu_memory_utilization,
+                           sleep_mode=sleep_mode, lora_rank=rank)
         # vllm/entrypoints/llm.py `LLM.__init__`: named arguments, the rest go to `EngineArgs`.
         self.llm = self.vllm.LLM(**args, trust_remote_code=trust_remote_code)
         self.lora, self.sleep_mode, self.asleep = lora, sleep_mode, False
