@@ -7,10 +7,11 @@ mentor on vLLM for 2 rounds, then one results JSON and a summary table.
 
 Each step runs in its own process under the time left, so a hung engine cannot eat the budget and
 every GPU byte is freed before the next step. Figures:
-- tests: vLLM vs HF log-prob gaps on the same text and weights, tokens/s of one engine on its own,
-  sleep / wake seconds, full and adapter sync seconds (median of 3, the call a round makes);
-- rounds: tokens/s of the student's and teacher's engines inside a round, the adapter sync seconds
-  per round as the loop does it (trainer -> generator, timed around `sync_weights`), round seconds.
+- tests (eager engines): vLLM vs HF log-prob gaps on the same text and weights, sleep / wake
+  seconds, full and adapter sync seconds (median of 3, the call a round makes);
+- rounds (compiled engines, as users run them): tokens/s of the student's and teacher's engines
+  inside a round and of the student's on its own after the run, the adapter sync seconds per round
+  as the loop does it (trainer -> generator, timed around `sync_weights`), round seconds.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine() -> dict[str, Any]:
+    """From nvidia-smi: torch here would open a CUDA context and hold GPU memory through every step."""
     import torch
     import vllm
 
-    return {"gpu": torch.cuda.get_device_name(0), "gpu_memory_gib": round(torch.cuda.mem_get_info()[1] / 2**30, 1),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "vllm": vllm.__version__}
+    query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+    first = subprocess.check_output(query, text=True).splitlines()[0]
+    name, memory, driver = (part.strip() for part in first.split(","))
+    return {"gpu": name, "gpu_memory": memory, "driver": driver, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "vllm": vllm.__version__}
 
 
 def run_tests(deadline: float) -> dict[str, Any]:
@@ -100,22 +105,28 @@ def rounds_child(runtime: str, deadline: float) -> dict[str, Any]:
         code = child([sys.executable, str(Path(__file__).resolve()), "--rounds-only", str(result),
                       "--runtime", runtime], deadline)
         out = json.loads(result.read_text()) if result.exists() else {}
-    return {"ok": code == 0 and bool(out), "runtime": runtime, "exit_code": code,
+    # The figures are written only after the rounds finished; a hang in the engines' teardown after
+    # that (exit 124) does not undo them.
+    return {"ok": bool(out), "runtime": runtime, "exit_code": code,
             "seconds": round(time.monotonic() - began, 1)} | out
 
 
 def child(command: list[str], deadline: float, env: dict[str, str] | None = None) -> int:
-    """Exit code of `command` run from the repository root; 124 when it ran past the deadline, and
-    then its whole process group (vLLM engine cores, a `vllm serve`) is killed with it."""
+    """Exit code of `command` run from the repository root; 124 when it ran past the deadline. Its
+    whole process group (vLLM engine cores, a `vllm serve`) goes with it, so the GPU is free after."""
     timeout = max(10.0, deadline - time.monotonic())
     proc = subprocess.Popen(command, cwd=ROOT, env=os.environ | (env or {}), start_new_session=True)
     try:
-        return proc.wait(timeout=timeout)
+        code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"gpu-check: {' '.join(command[1:4])} stopped after {timeout:.0f}s (budget spent)", flush=True)
+        code = 124
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return 124
+    except ProcessLookupError:  # the group is already gone
+        pass
+    proc.wait()
+    return code
 
 
 def junit_counts(report: Path) -> dict[str, int]:
@@ -141,13 +152,14 @@ def rounds_config(runtime: str, run_dir: str) -> Any:
 
 
 def run_rounds(runtime: str) -> dict[str, Any]:
-    """Two rounds of the default; the adapter sync is timed where the loop makes it."""
+    """Two rounds of the default, the adapter sync timed where the loop makes it; then, in-process,
+    the student's engine (compiled, bf16, serving the trained adapter) alone on one batch."""
     import asyncio
 
     from tutorloop import loop
 
     sync_seconds: list[float] = []
-    real_sync = loop.sync_weights
+    real_sync, real_build, generators = loop.sync_weights, loop.build_generators, {}
 
     async def timed_sync(trainer: Any, generator: Any) -> int:
         began = time.perf_counter()
@@ -156,12 +168,26 @@ def run_rounds(runtime: str) -> dict[str, Any]:
         return version
 
     loop.sync_weights = timed_sync
+    loop.build_generators = lambda *a, **k: generators.update(real_build(*a, **k)) or generators
     with tempfile.TemporaryDirectory(prefix="gpu-check-run-") as run_dir:
         began = time.perf_counter()
         summary = asyncio.run(loop.run(rounds_config(runtime, run_dir)))
         seconds = time.perf_counter() - began
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return rounds_figures(rows, summary, sync_seconds, seconds)
+    out = rounds_figures(rows, summary, sync_seconds, seconds)
+    if runtime == "local":  # Ray's actors are gone with the run
+        out["student_tokens_per_s_alone"] = round(asyncio.run(tokens_per_s_alone(generators["student"])), 1)
+    return out
+
+
+async def tokens_per_s_alone(generator: Any, prompts: int = 64, max_new_tokens: int = 128) -> float:
+    from tutorloop.types import SamplingParams
+
+    batch = [({"role": "user", "content": f"Write a short story about the number {i}."},) for i in range(prompts)]
+    await generator.stats()  # zero the counters
+    await generator.generate(batch, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens))
+    stats = await generator.stats()
+    return stats["gen_tokens"] / stats["gen_seconds"]
 
 
 def rounds_figures(rows: list[dict[str, Any]], summary: dict[str, float], sync_seconds: list[float],
@@ -189,7 +215,7 @@ ROWS = [
     ("full sync then vLLM vs HF, max |diff|", "tests", "full_sync_vllm_vs_hf_max_abs", "{:.2e}"),
     ("adapter sync then vLLM (bf16) vs HF (fp32), max |diff|", "tests", "adapter_sync_vllm_vs_hf_max_abs", "{:.2e}"),
     ("vllm serve vs HF prompt log-probs, max |diff|", "tests", "vllm_serve_vs_hf_score_max_abs", "{:.2e}"),
-    ("vLLM tokens/s on its own (64 x 128, fp32)", "tests", "vllm_tokens_per_s_alone", "{:.0f}"),
+    ("vLLM tokens/s on its own, student engine (64 x 128)", "rounds", "student_tokens_per_s_alone", "{:.0f}"),
     ("vLLM tokens/s in a round, student (bf16 + LoRA)", "rounds", "student_tokens_per_s_in_round", "{:.0f}"),
     ("vLLM tokens/s in a round, teacher (bf16)", "rounds", "teacher_tokens_per_s_in_round", "{:.0f}"),
     ("full weight sync, s (SmolLM2-135M, fp32)", "tests", "full_sync_seconds", "{:.3f}"),

