@@ -30,8 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 2
-ROUNDS_RESERVE_S = 170
-"""Seconds kept back from the tests for the 2-round run: two engine starts, evals, two CPU train steps."""
+ROUNDS_RESERVE_S = 240
+"""Seconds kept back from the tests for the 2-round run: two compiled engine starts, evals, two CPU train steps."""
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 """The lent GPU machines reach no network: nothing may try to (a refused call can still cost a timeout)."""
 
