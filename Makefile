@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench efficacy setup clean
+.PHONY: run test bench efficacy setup clean gpu-check
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 efficacy: $(STAMP)
 	$(PY) bench/efficacy.py $(ARGS)
+
+# A fresh CUDA machine: its own venv with .[vllm], the gpu tests, 2 rounds on vLLM, one results
+# JSON (README "Scaling out"). Without CUDA: one line, exit 0.
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs

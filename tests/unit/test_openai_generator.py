@@ -28,8 +28,8 @@ from tutorloop.types import SamplingParams
 
 REPLY = "Mistake: 4 + 4 is 8. The answer is: 8.\nAnd then it rambles on"
 PROMPT = ({"role": "system", "content": "You are a teacher."}, {"role": "user", "content": "Is 4 + 4 = 9?"})
-OPENAI_FIELDS = {"model", "messages", "n", "temperature", "top_p", "max_completion_tokens", "seed", "logprobs",
-                 "top_logprobs", "stop"}
+OPENAI_FIELDS = {"model", "messages", "n", "temperature", "top_p", "max_completion_tokens", "max_tokens", "seed",
+                 "logprobs", "top_logprobs", "stop"}
 VOCAB = 256
 
 
@@ -237,10 +237,20 @@ def test_api_key_comes_from_the_named_environment_variable(server, monkeypatch):
         make(server, api_key_env="TUTORLOOP_TEST_KEY")
 
 
-def test_a_server_that_ignores_n_is_an_error(server):
-    server.honours_n = False
-    with pytest.raises(UserError, match="returned 1 choices for n=3"):
-        asyncio.run(make(server).generate([PROMPT], SamplingParams(n=3)))
+@pytest.mark.parametrize("mode", ["vllm", "hosted"])
+def test_a_server_that_ignores_n_is_asked_again_for_the_rest(server, mode):
+    server.mode, server.honours_n = mode, False  # llama-cpp-python's server returns one choice whatever n is
+    outs = asyncio.run(make(server).generate([PROMPT, PROMPT[1:]], SamplingParams(n=3, max_new_tokens=6)))
+    assert len(outs) == 6 and all(o.text == REPLY[:6] for o in outs)
+    bodies = [s[2] for s in server.seen if s[1] == "/v1/chat/completions"]
+    assert sorted(b["n"] for b in bodies) == [1, 1, 2, 2, 3, 3] and len({b["seed"] for b in bodies}) == 6
+    assert all(("max_tokens" in b) == (mode == "hosted") for b in bodies)  # vLLM reads max_completion_tokens
+
+
+def test_openais_own_api_never_gets_max_tokens():
+    gen = OpenAIGenerator("gpt-x", base_url="https://api.openai.com/v1")
+    body = gen._chat_body(list(PROMPT), SamplingParams(max_new_tokens=7), vllm=False, n=1)
+    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
 
 
 def test_an_endpoint_takes_no_weights(server):

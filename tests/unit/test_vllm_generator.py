@@ -127,7 +127,7 @@ class FakeLLM:
         return RequestOutput(str(i), None, list(prompt), prompt_logprobs, samples)
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-        self.calls.append(("collective_rpc", (method, kwargs)))
+        self.calls.append(("collective_rpc", (method, args)))
         return [None]
 
     def reset_prefix_cache(self, reset_running_requests=False, reset_connector=False):
@@ -192,9 +192,12 @@ def test_engine_arguments(tokenizer_dir, tiny_tokenizer):
     assert args["logprobs_mode"] == "raw_logprobs" and args["max_num_seqs"] == 64 and args["seed"] == 3
     assert args["max_logprobs"] >= 1024 and args["trust_remote_code"] is False
     assert args["tensor_parallel_size"] == 2 and args["gpu_memory_utilization"] == 0.4 and args["enable_sleep_mode"]
+    assert args["enforce_eager"] is False  # compiled with CUDA graphs unless a test asks for a quick start
     assert args["enable_lora"] and args["max_loras"] == 1 and args["max_lora_rank"] == 16
     _, plain = make(tokenizer_dir, tiny_tokenizer)
     assert "enable_lora" not in plain.kwargs
+    _, auto = make(tokenizer_dir, tiny_tokenizer, dtype="auto")  # vLLM's own auto would read config.json
+    assert auto.kwargs["dtype"] == ("bfloat16" if __import__("torch").cuda.is_available() else "float32")
     assert [lora_rank_slot(r) for r in (1, 2, 8, 300)] == [1, 8, 8, 320]
 
 
@@ -264,18 +267,45 @@ def test_stop_regex_cuts_after_the_answer_line(tokenizer_dir, tiny_tokenizer):
 def test_full_weight_sync_reloads_every_worker_and_drops_the_prefix_cache(tokenizer_dir, tiny_tokenizer):
     import torch
 
+    from tutorloop.generators.vllm_worker import decode_tensors
+
     gen, llm = make(tokenizer_dir, tiny_tokenizer)
+    assert llm.kwargs["worker_extension_cls"] == "tutorloop.generators.vllm_worker.WeightReceiver"
     assert asyncio.run(gen.load_weights([("model.embed_tokens.weight", torch.ones(2, 3))], version=3)) == 3
-    ((method, kwargs),) = llm.named("collective_rpc")
-    assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
-    assert [name for name, _ in kwargs["weights_iterator"]] == ["model.embed_tokens.weight"]
+    ((method, args),) = llm.named("collective_rpc")
+    assert method == "tutorloop_load_weights"
+    assert [name for name, _ in decode_tensors(args[0])] == ["model.embed_tokens.weight"]
     assert [c for c, _ in llm.calls][-2:] == ["collective_rpc", "reset_prefix_cache"]
     assert asyncio.run(gen.generate(PROMPTS[:1], SamplingParams(max_new_tokens=3)))[0].policy_version == 3
     from tutorloop.trainers.weight_sync import pack
 
     asyncio.run(gen.load_weights(pack([("lm_head.weight", torch.full((2, 3), 2.0))]), version=4))  # as Ray sends it
-    (name, tensor), = llm.named("collective_rpc")[-1][1]["weights_iterator"]
+    (name, tensor), = decode_tensors(llm.named("collective_rpc")[-1][1][0])
     assert name == "lm_head.weight" and torch.equal(tensor, torch.full((2, 3), 2.0))
+
+
+def test_weights_cross_the_rpc_as_msgpack_native_values_and_load_in_the_worker():
+    """vLLM's engine-core RPC keeps bytes, strings and lists, not tensors: what we send is only
+    those, and the worker side rebuilds every dtype bit for bit before `reload_weights`."""
+    import torch
+
+    from tutorloop.generators.vllm_worker import WeightReceiver, encode_tensors
+
+    tensors = [("a.weight", torch.randn(3, 4, dtype=torch.bfloat16)), ("b.bias", torch.arange(5.0)),
+               ("c.scalar", torch.tensor(2.5)), ("d.empty", torch.zeros(0, 4))]
+    encoded = encode_tensors(tensors)
+    assert all(type(n) is str and type(d) is str and all(type(x) is int for x in s) and type(b) is bytes
+               for n, d, s, b in encoded)
+
+    class Worker(WeightReceiver):  # what vLLM's worker class becomes with the extension mixed in
+        def reload_weights(self, weights_iterator=None, weights_path=None, is_checkpoint_format=True):
+            self.got = (list(weights_iterator), is_checkpoint_format)
+
+    worker = Worker()
+    assert worker.tutorloop_load_weights(encoded) == 4
+    got, checkpoint_format = worker.got
+    assert checkpoint_format and [n for n, _ in got] == [n for n, _ in tensors]
+    assert all(g.dtype == t.dtype and g.shape == t.shape and torch.equal(g, t) for (_, g), (_, t) in zip(got, tensors))
 
 
 def test_lora_sync_serves_a_new_adapter_per_version(tokenizer_dir, tiny_tokenizer):

@@ -1,7 +1,9 @@
 """OpenAIGenerator: any OpenAI-compatible endpoint (a vLLM or SGLang server, a hosted API) as a
 teacher or mentor. It has no weights of its own, so it never plays the student.
 
-- Generation goes through `/chat/completions`, so the server applies its own chat template.
+- Generation goes through `/chat/completions`, so the server applies its own chat template. A
+  server that returns fewer than `n` choices is asked again for the rest; one that is neither vLLM
+  nor OpenAI's own API also gets the length as `max_tokens` (llama-cpp-python reads only that).
 - Whether the server is vLLM is asked once (`GET /version`). Only then does the request ask for
   `logprobs` and vLLM's `return_token_ids`, so completions carry ids and log-probs; other
   servers give text only (nothing downstream reads a teacher's or mentor's sampled log-probs).
@@ -21,6 +23,7 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +58,7 @@ class OpenAIGenerator:
         `http://host:8000/v1` (vLLM's /version and /tokenize live at the root, without /v1)."""
         self.model, self.base_url = model, base_url.rstrip("/")
         self.root = self.base_url.removesuffix("/v1")
+        self.legacy_max_tokens = urllib.parse.urlparse(self.base_url).hostname != "api.openai.com"
         self.headers = {"Content-Type": "application/json"} | _authorization(api_key_env)
         self.seed, self.timeout, self.calls = seed, timeout, 0
         self.pool = ThreadPoolExecutor(max_workers=max_batch_size, thread_name_prefix="openai-generator")
@@ -67,16 +71,23 @@ class OpenAIGenerator:
     async def generate(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Completion]:
         vllm = await self._server_is_vllm()
         url = f"{self.base_url}/chat/completions"
-        replies = await asyncio.gather(*(self._call("gen", "POST", url, self._chat_body(p, params, vllm))
-                                         for p in prompts))
-        out: list[Completion] = []
-        for reply in replies:
-            choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
-            if len(choices) != params.n:
-                raise UserError(f"endpoint {url} returned {len(choices)} choices for n={params.n}")
+        groups = await asyncio.gather(*(self._choices(url, p, params, vllm) for p in prompts))
+        return [chat_completion(choice, params.stop_regex, self.version) for group in groups for choice in group]
+
+    async def _choices(self, url: str, messages: Sequence[Message], params: SamplingParams,
+                       vllm: bool) -> list[dict[str, Any]]:
+        """n choices for one prompt. A server that returns fewer (llama-cpp-python's ignores `n`) is
+        asked again for the rest, one request at a time, each with its own seed."""
+        choices: list[dict[str, Any]] = []
+        while len(choices) < params.n:
+            body = self._chat_body(messages, params, vllm, params.n - len(choices))
+            reply = await self._call("gen", "POST", url, body)
+            got = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
+            if not got:
+                raise UserError(f"endpoint {url} returned no choices")
             self.counters["gen_tokens"] += float((reply.get("usage") or {}).get("completion_tokens", 0))
-            out += [chat_completion(choice, params.stop_regex, self.version) for choice in choices]
-        return out
+            choices += got[:params.n - len(choices)]
+        return choices
 
     async def score(self, prompts: Sequence[Sequence[Message]], target_ids: Sequence[Sequence[int]],
                     top_k: int) -> list[TokenScores]:
@@ -98,13 +109,15 @@ class OpenAIGenerator:
     async def load_sampling_state(self, state: dict[str, int]) -> None:
         self.calls = int(state["calls"])
 
-    def _chat_body(self, messages: Sequence[Message], params: SamplingParams, vllm: bool) -> dict[str, Any]:
+    def _chat_body(self, messages: Sequence[Message], params: SamplingParams, vllm: bool, n: int) -> dict[str, Any]:
         self.calls += 1  # a new seed per request, reproducible for a given call order (as HFGenerator)
-        body = {"model": self.model, "messages": list(messages), "n": params.n, "temperature": params.temperature,
+        body = {"model": self.model, "messages": list(messages), "n": n, "temperature": params.temperature,
                 "top_p": params.top_p, "max_completion_tokens": params.max_new_tokens,
                 "seed": self.seed * 1_000_003 + self.calls}
         if vllm:  # hosted APIs refuse unknown fields, and some models refuse logprobs
             body |= {"logprobs": True, "return_token_ids": True}
+        elif self.legacy_max_tokens:  # llama-cpp-python reads only max_tokens; OpenAI's o-models refuse it
+            body["max_tokens"] = params.max_new_tokens
         return body
 
     async def _score_one(self, messages: Sequence[Message], target: list[int], top_k: int) -> TokenScores:

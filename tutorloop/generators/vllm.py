@@ -6,11 +6,13 @@
 - Scoring sends context + target ids as one prompt with `max_tokens=1` and reads `prompt_logprobs`;
   each position's dict always holds the actual token, plus the top-k (verl's OPD teacher and TRL's
   `get_sequence_logprobs` do the same). Targets are aligned by id, never re-tokenized.
-- Full weights reach every tensor-parallel worker through `collective_rpc("reload_weights")`, the
-  worker method that wraps the model's `load_weights` in vLLM 0.33. TRL's colocate mode calls
-  `model.load_weights` through `llm_engine.model_executor.driver_worker`, which needs the engine in
-  this process. A LoRA adapter is written to a temporary directory and served as a new
-  `LoRARequest` each version, as verl does with `lora.merge=False`.
+- Full weights reach every tensor-parallel worker through `collective_rpc` into our worker
+  extension (`vllm_worker.py`), which rebuilds the tensors from bytes and calls the worker's own
+  `reload_weights` (the model's `load_weights`, in place): tensors themselves do not survive the
+  RPC to vLLM 0.33's engine-core process. TRL's colocate mode calls `model.load_weights` through
+  `llm_engine.model_executor.driver_worker`, which needs the engine in this process. A LoRA adapter
+  is written to a temporary directory and served as a new `LoRARequest` each version, as verl does
+  with `lora.merge=False`.
 - `sleep()` / `wake()` free and restore the GPU (`LLM.sleep(level=1)` / `LLM.wake_up()`) when a
   trainer shares it; any call made while asleep wakes the engine first.
 
@@ -26,9 +28,11 @@ from itertools import count
 from pathlib import Path
 from typing import Any, Sequence
 
-from tutorloop.errors import UserError
 from tutorloop.generators.hf import Coalescer
 from tutorloop.generators.stops import stop_length
+from tutorloop.generators.vllm_worker import WORKER_EXTENSION, encode_tensors
+from tutorloop.errors import UserError
+from tutorloop.hardware import resolve_dtype
 from tutorloop.models import load_tokenizer, render_prompt_ids, resolve_model
 from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 
@@ -42,16 +46,19 @@ class VLLMGenerator:
     def __init__(self, model: str, *, dtype: str = "bfloat16", max_batch_size: int = 32,
                  lora: dict[str, Any] | None = None, adapter: str | None = None, seed: int = 0,
                  trust_remote_code: bool = False, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9,
-                 sleep_mode: bool = False, backend: Any = None) -> None:
+                 sleep_mode: bool = False, enforce_eager: bool = False, backend: Any = None) -> None:
         """lora: peft LoraConfig arguments of the adapters that sync will send; adapter: a saved peft
-        adapter to serve from the start. backend: the `vllm` module, or a stand-in with `LLM`,
+        adapter to serve from the start. enforce_eager: skip torch.compile and CUDA graphs (a start in
+        seconds, slower decoding; tests). backend: the `vllm` module, or a stand-in with `LLM`,
         `SamplingParams` and `LoRARequest` (tests)."""
         path = resolve_model(model)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.vllm = backend if backend is not None else _import_vllm()
         rank = lora["r"] if lora is not None else _adapter_rank(adapter) if adapter is not None else None
-        args = engine_args(path, dtype=dtype, seed=seed, max_batch_size=max_batch_size, tensor_parallel=tensor_parallel,
-                           gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode, lora_rank=rank)
+        args = engine_args(path, dtype=resolve_dtype(dtype, "cuda"), seed=seed, max_batch_size=max_batch_size,
+                           tensor_parallel=tensor_parallel, gpu_memory_utilization=gpu_memory_utilization,
+                           sleep_mode=sleep_mode, lora_rank=rank, enforce_eager=enforce_eager)
+        # vllm/entrypoints/llm.py `LLM.__init__`: named arguments, the rest go to `EngineArgs`.
         self.llm = self.vllm.LLM(**args, trust_remote_code=trust_remote_code)
         self.lora, self.sleep_mode, self.asleep = lora, sleep_mode, False
         self.lora_ids = count(1)
@@ -86,9 +93,9 @@ class VLLMGenerator:
         if self.lora is not None:
             self._swap_adapter(tensors, version)
         else:
-            self.llm.collective_rpc("reload_weights",
-                                    kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
-            self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+            # `LLM.collective_rpc` (vllm/entrypoints/llm.py) runs the method on every worker.
+            self.llm.collective_rpc("tutorloop_load_weights", args=(encode_tensors(tensors),))
+            self.llm.reset_prefix_cache()  # `LLM.reset_prefix_cache`: cached KV came from the old weights
         self.version = version
         return version
 
@@ -96,13 +103,13 @@ class VLLMGenerator:
         """Offload the weights to CPU and drop the KV cache, so a trainer on this GPU can use it."""
         if not self.sleep_mode:
             raise UserError("this vllm generator was started without `sleep_mode: true`, so it cannot sleep")
-        if not self.asleep:
+        if not self.asleep:  # `LLM.sleep` (vllm/entrypoints/llm.py): level 1 keeps the weights in CPU memory
             self.llm.sleep(level=1)
             self.asleep = True
 
     async def wake(self) -> None:
         if self.asleep:
-            self.llm.wake_up()
+            self.llm.wake_up()  # `LLM.wake_up(tags=None)`: weights and KV cache both come back
             self.asleep = False
 
     async def stats(self) -> dict[str, float]:
@@ -125,6 +132,7 @@ class VLLMGenerator:
         # logprobs=0: only the sampled token's log-prob; we decode with our tokenizer, so vLLM need not.
         # A seed per request (vLLM gives sample i of a request seed + i) makes the stream reproducible
         # for a given call order and resumable from `sampling_state`, as the HF generator's is.
+        # vllm/sampling_params.py `SamplingParams`; `LLM.generate` pairs a list of them with the prompts.
         sampling = [self.vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                                              max_tokens=params.max_new_tokens, logprobs=0, detokenize=False,
                                              seed=self._next_seed(params.n)) for _ in prompt_ids]
@@ -157,6 +165,8 @@ class VLLMGenerator:
         scores = [TokenScores(logprobs=())] * len(requests)
         todo = [i for i, (_, target) in enumerate(requests) if target]  # an empty span needs no forward pass
         if todo:
+            # prompt_logprobs: top-k plus the actual token per prompt position (vllm/logprobs.py
+            # `append_logprobs_for_next_position`); such requests skip the prefix cache (sampling_params.py).
             sampling = self.vllm.SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=top_k, detokenize=False)
             prompts = [{"prompt_token_ids": list(requests[i][0]) + list(requests[i][1])} for i in todo]
             outputs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.lora_request)
@@ -169,6 +179,7 @@ class VLLMGenerator:
     def _swap_adapter(self, tensors: list[tuple[str, Any]], version: int) -> None:
         directory = tempfile.TemporaryDirectory(prefix=f"tutorloop-adapter-v{version}-")
         write_adapter(Path(directory.name), tensors, self.lora)
+        # `LLMEngine.add_lora` / `remove_lora` (vllm/v1/engine/llm_engine.py).
         if self.lora_request is not None:  # one adapter slot (max_loras=1): free it first
             self.llm.llm_engine.remove_lora(self.lora_request.lora_int_id)
         self.lora_request = self._lora_request(f"student-v{version}", directory.name)
@@ -177,18 +188,20 @@ class VLLMGenerator:
 
     def _lora_request(self, name: str, path: str) -> Any:
         # A new id and name each time: vLLM caches adapters by id and prefix-cache blocks by name.
-        lora_id = next(self.lora_ids)
+        lora_id = next(self.lora_ids)  # vllm/lora/request.py: ids must be >= 1
         return self.vllm.LoRARequest(lora_name=f"{name}-{lora_id}", lora_int_id=lora_id, lora_path=path)
 
 
 def engine_args(path: Path, *, dtype: str, seed: int, max_batch_size: int, tensor_parallel: int,
-                gpu_memory_utilization: float, sleep_mode: bool, lora_rank: int | None) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` for one role."""
+                gpu_memory_utilization: float, sleep_mode: bool, lora_rank: int | None,
+                enforce_eager: bool = False) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` for one role (fields of vllm/engine/arg_utils.py `EngineArgs`)."""
     args: dict[str, Any] = {
         "model": str(path), "dtype": dtype, "seed": seed, "max_num_seqs": max_batch_size,
         "tensor_parallel_size": tensor_parallel, "gpu_memory_utilization": gpu_memory_utilization,
-        "enable_sleep_mode": sleep_mode, "logprobs_mode": "raw_logprobs",
-        "max_logprobs": MAX_TOP_K}  # vLLM's default cap of 20 would refuse a larger OPD top-k
+        "enable_sleep_mode": sleep_mode, "enforce_eager": enforce_eager, "logprobs_mode": "raw_logprobs",
+        "max_logprobs": MAX_TOP_K,  # vLLM's default cap of 20 would refuse a larger OPD top-k
+        "worker_extension_cls": WORKER_EXTENSION}  # full-weight sync (vllm_worker.py)
     if lora_rank is not None:
         args |= {"enable_lora": True, "max_loras": 1, "max_lora_rank": lora_rank_slot(lora_rank)}
     return args
