@@ -180,7 +180,7 @@ def sft_examples(tokenizer: Any) -> tuple[Any, list[list[int]]]:
     encoded = [encode_text(tokenizer, e.prompt, e.completion, TRAIN_LEN) for e in examples]
     sequences = [context + target for context, target in encoded]
     assert all(len(s) == TRAIN_LEN for s in sequences), [len(s) for s in sequences]
-    return TrainBatch(sft=tuple(examples)), sequences
+    return TrainBatch.of(sft=examples), sequences
 
 
 def plain_trainer(dtype: str = "float32") -> Callable[[list[list[int]]], None]:
@@ -207,7 +207,7 @@ def ours_trainer(*overrides: str) -> Any:
     from tutorloop.runtime.local import LocalRuntime
     from tutorloop.trainers import build_trainer
 
-    cfg = load_config(ROOT / "configs" / "default.yaml", ["trainer.weights.dpo=0", "trainer.weights.opd=0",
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["trainer.objectives={sft: 1.0}",
                                                           f"trainer.max_seq_len={TRAIN_LEN}", *overrides])
     return build_trainer(LocalRuntime(), cfg)
 

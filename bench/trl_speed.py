@@ -112,7 +112,7 @@ def opd_examples(conversations: list[list[dict[str, str]]], student: Any, teache
 def batches(examples: list[Any], field: str) -> list[Any]:
     from tutorloop.types import TrainBatch
 
-    return [TrainBatch(**{field: tuple(examples[i:i + BATCH])}) for i in range(0, len(examples), BATCH)]
+    return [TrainBatch({field: tuple(examples[i:i + BATCH])}) for i in range(0, len(examples), BATCH)]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -125,9 +125,8 @@ def our_trainer(common: Any, weights: dict[str, float], autocast: str = "off") -
     runs bf16 faster (`trainer.autocast`), a setting the fp32 TRL runs do not have."""
     from tutorloop.trainers.online import OnlineTrainer
 
-    full = {"sft": 0.0, "dpo": 0.0, "opd": 0.0} | weights
     # micro_batch_size 16: DPO's 8 pairs are 16 rows in one forward, as in DPOTrainer.
-    return OnlineTrainer(str(common.ensure_assets() / "student"), weights=full, lr=1e-4, lora=None,
+    return OnlineTrainer(str(common.ensure_assets() / "student"), objectives=weights, lr=1e-4, lora=None,
                          micro_batch_size=16, max_grad_norm=1.0, dtype="float32", autocast=autocast, seed=0)
 
 
@@ -160,7 +159,7 @@ def round_window(trainer: Any, student: Any, teacher: Any, prompt_batches: list[
         marks.append(time.perf_counter())
         scores = await teacher.score(prompts, [o.token_ids for o in outs], top_k=TOP_K)
         marks.append(time.perf_counter())
-        batch = TrainBatch(opd=tuple(OPDExample(p, o.token_ids, o.logprobs, s, o.policy_version)
+        batch = TrainBatch.of(kd=tuple(OPDExample(p, o.token_ids, o.logprobs, s, o.policy_version)
                                      for p, o, s in zip(prompts, outs, scores)))
         await trainer.step(batch)
         marks.append(time.perf_counter())
@@ -408,7 +407,7 @@ def bench_opd(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
     student, teacher = generators(common)
     examples = opd_examples(conversations, student, teacher)
     trl = trl_gkd(common, conversations, steps, lmbda=0.0)
-    contenders = {"ours": step_window(our_trainer(common, {"opd": 1}), batches(examples, "opd")), "trl": trl,
+    contenders = {"ours": step_window(our_trainer(common, {"kd": 1}), batches(examples, "kd")), "trl": trl,
                   "score": teacher_score_window(teacher, examples)}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_opd"], windows=plan["windows"])
     trl.close()
@@ -420,18 +419,16 @@ def bench_opd(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
 
 
 def bench_mixed(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-    from tutorloop.types import TrainBatch
-
     steps = plan["warmup"] + plan["windows"] * plan["k_mixed"]
     _, sft = sft_data(common, steps * BATCH)
     _, pairs = dpo_data(common, steps * BATCH)
     student, teacher = generators(common)
     opd = opd_examples(gkd_data(common, steps * BATCH), student, teacher)
     del student, teacher
-    parts = {"sft": batches(sft, "sft"), "dpo": batches(pairs, "dpo"), "opd": batches(opd, "opd")}
-    mixed = [TrainBatch(sft=s.sft, dpo=d.dpo, opd=o.opd) for s, d, o in zip(*parts.values())]
+    parts = {"sft": batches(sft, "sft"), "dpo": batches(pairs, "dpo"), "kd": batches(opd, "kd")}
+    mixed = [s | d | o for s, d, o in zip(*parts.values())]
     contenders = {name: step_window(our_trainer(common, {name: 1}), b) for name, b in parts.items()}
-    contenders["mixed"] = step_window(our_trainer(common, {"sft": 1, "dpo": 1, "opd": 1}), mixed)
+    contenders["mixed"] = step_window(our_trainer(common, {"sft": 1, "dpo": 1, "kd": 1}), mixed)
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_mixed"], windows=plan["windows"])
     mixed = row("mixed step (SFT + DPO + OPD batches above) vs the sum of our three steps", rates["mixed"],
                 serial(*(rates[name] for name in parts)), "")
@@ -446,7 +443,7 @@ def bench_round(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]]
     student, teacher = generators(common)
     trl = trl_gkd(common, conversations, steps, lmbda=1.0)
     phases: dict[str, list[float]] = {}
-    contenders = {"ours": round_window(our_trainer(common, {"opd": 1}), student, teacher, prompts, phases),
+    contenders = {"ours": round_window(our_trainer(common, {"kd": 1}), student, teacher, prompts, phases),
                   "trl": trl}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_round"], windows=plan["windows"])
     trl.close()

@@ -20,6 +20,7 @@ from tutorloop.evaluation import greedy_accuracy
 from tutorloop.metrics import RunLog, episode_metrics
 from tutorloop.runtime import build_runtime
 from tutorloop.trainers import build_trainer, lora_kwargs
+from tutorloop.trainers import objectives as objective_registry
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights
 
@@ -38,9 +39,9 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     generators = build_generators(runtime, cfg, lora_kwargs(cfg))
     agents = build_agents(cfg, generators)
     trainer = build_trainer(runtime, cfg)
-    objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
+    objectives = set(objective_registry.active(cfg.trainer.objectives))
     env = TutoringEnv(verify, max_rounds=cfg.env.max_rounds,
-                      score_top_k=cfg.trainer.opd.top_k if "opd" in objectives else 0,
+                      score_top_k=objective_registry.teacher_top_k(cfg.trainer.objectives),
                       max_reply_chars=cfg.env.max_reply_chars)
     buffer = LessonBuffer(cfg.loop.buffer_size)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,

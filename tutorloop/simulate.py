@@ -27,6 +27,7 @@ from tutorloop.loop import generation_metrics, prepare_run_dir, run_episodes, se
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.trainers import build_trainer, lora_kwargs
+from tutorloop.trainers import objectives as objective_registry
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights
 from tutorloop.types import Episode
@@ -48,7 +49,7 @@ async def run(cfg: RunConfig) -> dict[str, float]:
     generators = build_generators(runtime, cfg, lora_kwargs(cfg))
     agents = build_dialogue_agents(cfg, generators)
     trainer = build_trainer(runtime, cfg)
-    objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
+    objectives = set(objective_registry.active(cfg.trainer.objectives))
     env = DialogueEnv(max_turns=cfg.dialogue.max_turns, telling_penalty=cfg.dialogue.telling_penalty)
     buffer = LessonBuffer(cfg.loop.buffer_size)
     buffer.add(to_tutor_batch(recorded_dialogues(cfg, tasks), objectives=objectives), 0)
@@ -69,7 +70,8 @@ async def run(cfg: RunConfig) -> dict[str, float]:
                             max_per_kind=cfg.loop.max_lessons_per_step)
         metrics = await trainer.step(batch)
         version = await sync_weights(trainer, generators["tutor"])  # next round's dialogues use the new tutor
-        metrics |= await generation_metrics(generators) | {"lessons/sft": len(batch.sft), "lessons/dpo": len(batch.dpo)}
+        metrics |= await generation_metrics(generators)
+        metrics |= {f"lessons/{name}": float(n) for name, n in batch.counts().items()}
         timing = {"round/seconds": time.perf_counter() - began, "round/dialogue_seconds": dialogue_seconds}
         log.write(r, dialogue_metrics(dialogues_P) | metrics | timing, dialogues_P)
     if cfg.eval.after and tasks.eval:

@@ -122,6 +122,7 @@ class SFTExample:
     prompt: Messages
     completion: str
     weight: float = 1.0
+    """Scales this lesson's tokens in its objective's loss."""
     provenance: str = ""
 
 
@@ -131,6 +132,8 @@ class PreferencePair:
     chosen: str
     rejected: str
     provenance: str = ""
+    weight: float = 1.0
+    """Scales this pair's loss."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,16 +144,30 @@ class OPDExample:
     """What the student sampled (on-policy)."""
     behavior_logprobs: tuple[float, ...]
     """Sampled-token log-probs under the policy that generated them (for the PG form)."""
-    teacher: TokenScores
+    teacher: TokenScores | None = None
     """Teacher log-probs and top-k for each completion token, under the teacher's context."""
     policy_version: int = 0
+    weight: float = 1.0
+    """Scales this lesson's tokens in its objective's loss."""
+    advantage: float | None = None
+    """Sequence advantage for policy-gradient objectives (e.g. a group-normalized reward)."""
 
 
 @dataclass(frozen=True, slots=True)
 class TrainBatch:
-    sft: tuple[SFTExample, ...] = ()
-    dpo: tuple[PreferencePair, ...] = ()
-    opd: tuple[OPDExample, ...] = ()
+    """Lessons by objective name (a key of `trainers.objectives.REGISTRY`)."""
+
+    lessons: dict[str, tuple] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **lessons: tuple) -> TrainBatch:
+        return cls({name: tuple(items) for name, items in lessons.items()})
+
+    def get(self, objective: str) -> tuple:
+        return self.lessons.get(objective, ())
 
     def counts(self) -> dict[str, int]:
-        return {"sft": len(self.sft), "dpo": len(self.dpo), "opd": len(self.opd)}
+        return {name: len(items) for name, items in self.lessons.items()}
+
+    def __or__(self, other: TrainBatch) -> TrainBatch:
+        return TrainBatch(self.lessons | other.lessons)

@@ -69,9 +69,9 @@ def _buffer():
     buffer = LessonBuffer(capacity=8)
     prompt = ({"role": "user", "content": "2+2? ünï"},)
     scores = TokenScores(logprobs=(-0.1, -float("inf")), topk_ids=((1, 2), (3, 4)), topk_logprobs=((-0.1, -2.5), (-1e-9, -3.0)))
-    buffer.add(TrainBatch(sft=(SFTExample(prompt, "The answer is 4.", provenance="revision"),),
+    buffer.add(TrainBatch.of(sft=(SFTExample(prompt, "The answer is 4.", provenance="revision"),),
                           dpo=(PreferencePair(prompt, "4", "5", provenance="x"),),
-                          opd=(OPDExample(prompt, (5, 6), (-0.25, -1 / 3), scores, policy_version=2),)), version=2)
+                          kd=(OPDExample(prompt, (5, 6), (-0.25, -1 / 3), scores, policy_version=2),)), version=2)
     buffer.dropped_stale = 3
     return buffer
 
@@ -103,7 +103,7 @@ def test_save_then_restore_continues_bit_for_bit(tmp_path):
     resumed.step()  # ...and the resumed one takes the same step, on the same random inputs
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
     assert all(torch.equal(expected[k], v) for k, v in resumed.model.state_dict().items())
-    assert buffer.state() == _buffer().state() and buffer.queues["opd"][0][1] == _buffer().queues["opd"][0][1]
+    assert buffer.state() == _buffer().state() and buffer.queues["kd"][0][1] == _buffer().queues["kd"][0][1]
 
 
 def test_unfinished_write_is_ignored_and_removed(tmp_path):

@@ -92,11 +92,11 @@ def test_lessons_sft_on_success_without_telling_and_dpo_success_over_telling():
     batch = to_tutor_batch([good, told], objectives={"sft", "dpo"})
     # good: tutor turns "Why 3 + 4?" and "Count one bag." (the opening is the env's): 2 SFT targets;
     # each spoken turn > its alternative that states 12: 2 pairs. told: the tutor said 12 first -> nothing.
-    assert [e.completion for e in batch.sft] == ["Why 3 + 4?", "Count one bag."]
-    assert [(p.chosen, p.rejected) for p in batch.dpo] == [("Why 3 + 4?", "It is 12."),
+    assert [e.completion for e in batch.get("sft")] == ["Why 3 + 4?", "Count one bag."]
+    assert [(p.chosen, p.rejected) for p in batch.get("dpo")] == [("Why 3 + 4?", "It is 12."),
                                                            ("Count one bag.", "Sure, 12 is right: 3 * 4.")]
-    assert batch.sft[0].prompt == good.turns[2].prompt and batch.dpo[1].prompt == good.turns[4].prompt
-    assert to_tutor_batch([good], objectives={"sft"}).dpo == ()
+    assert batch.get("sft")[0].prompt == good.turns[2].prompt and batch.get("dpo")[1].prompt == good.turns[4].prompt
+    assert to_tutor_batch([good], objectives={"sft"}).get("dpo") == ()
 
 
 def test_parse_move_and_one_utterance():

@@ -75,8 +75,8 @@ def test_unverified_text_never_becomes_a_target():
                                ["hint"])
     problem_without_reference = Problem(id="p2", prompt=PROBLEM.prompt, answer="29")
     episode = asyncio.run(TutoringEnv(verify, max_rounds=1).run(problem_without_reference, wrong_everything))
-    batch = to_train_batch([episode], verify, objectives={"sft", "dpo", "opd"})
-    assert batch.sft == () and batch.dpo == ()
+    batch = to_train_batch([episode], verify, objectives={"sft", "dpo", "kd"})
+    assert batch.get("sft") == () and batch.get("dpo") == ()
 
 
 def test_lessons_from_a_corrected_episode():
@@ -85,14 +85,14 @@ def test_lessons_from_a_corrected_episode():
     episode = _run(agents)
     batch = to_train_batch([episode], verify, objectives={"sft", "dpo"})
     attempt_prompt = episode.turns[0].prompt
-    assert [e.completion for e in batch.sft] == ["6 + 23 = 29. The answer is 29."] * 2
-    assert {e.provenance for e in batch.sft} == {"teacher:model", "revision"}
-    assert all(e.prompt == attempt_prompt for e in batch.sft)  # trained under the bare problem prompt
-    (pair,) = batch.dpo
+    assert [e.completion for e in batch.get("sft")] == ["6 + 23 = 29. The answer is 29."] * 2
+    assert {e.provenance for e in batch.get("sft")} == {"teacher:model", "revision"}
+    assert all(e.prompt == attempt_prompt for e in batch.get("sft"))  # trained under the bare problem prompt
+    (pair,) = batch.get("dpo")
     assert pair.chosen == "6 + 23 = 29. The answer is 29." and pair.rejected == "6 + 23 = 11. The answer is 11."
-    assert batch.opd == ()
+    assert batch.get("kd") == ()
     only_sft = to_train_batch([episode], verify, objectives={"sft"})
-    assert only_sft.dpo == ()
+    assert only_sft.get("dpo") == ()
 
 
 def test_opd_lessons_carry_tokens_scores_and_version():
@@ -104,8 +104,8 @@ def test_opd_lessons_carry_tokens_scores_and_version():
     episode = _run(agents)
     scored = replace(episode.turns[0], token_ids=(5, 6), logprobs=(-1.0, -2.0), policy_version=4,
                      teacher_scores=TokenScores(logprobs=(-0.5, -0.7)))
-    batch = to_train_batch([Episode(PROBLEM, (scored,))], verify, objectives={"opd"})
-    (example,) = batch.opd
+    batch = to_train_batch([Episode(PROBLEM, (scored,))], verify, objectives={"kd"})
+    (example,) = batch.get("kd")
     assert example.completion_ids == (5, 6) and example.policy_version == 4
     assert example.teacher.logprobs == (-0.5, -0.7) and example.behavior_logprobs == (-1.0, -2.0)
 

@@ -20,6 +20,7 @@ from tutorloop.config import AgentConfig, RunConfig
 from tutorloop.envs.graders import ANSWER_STOP, contains_number, verify
 from tutorloop.errors import UserError
 from tutorloop.models import model_vocab
+from tutorloop.trainers import objectives as objective_registry
 from tutorloop.types import Role, SamplingParams
 
 
@@ -67,10 +68,11 @@ def check_models(cfg: RunConfig, roles: Sequence[Role]) -> None:
         if spec.generator in ("hf", "vllm"):  # the others have no weights here (scripted, an endpoint)
             vocabs[role] = model_vocab(spec.model, field=f"agents.{role}.model", trust_remote_code=spec.trust_remote_code)
     student, teacher = vocabs.get("student"), vocabs.get("teacher")
-    if cfg.trainer.weights["opd"] > 0 and student is not None and teacher is not None and student != teacher:
+    scored = objective_registry.needing(cfg.trainer.objectives, "teacher_scores")
+    if scored and student is not None and teacher is not None and student != teacher:
         how = f"{len(teacher)} vs {len(student)} tokens" if len(teacher) != len(student) else "same size, other ids"
         raise UserError(f"agents.teacher.model: its tokenizer differs from agents.student.model's ({how}); "
-                        "on-policy distillation (trainer.weights.opd > 0) needs both to share one tokenizer")
+                        f"trainer.objectives.{scored[0]} scores the student's tokens and needs both to share one tokenizer")
 
 
 def build_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role, Agent]:

@@ -1,5 +1,6 @@
-"""Episode → SFT examples, preference pairs and OPD examples: the only place where what the
-agents said becomes training data.
+"""Episode → SFT examples, preference pairs and distillation examples, by objective name: the only
+place where what the agents said becomes training data. Pairs feed `dpo` and `redi`; the
+student's own samples with the teacher's scores feed `kd` (on-policy distillation) and `opd_pg`.
 
 The rule that matters: no text becomes an SFT target or a DPO "chosen" unless the verifier accepts
 its final answer, checked here again on the exact text that will be trained on. Text that shows
@@ -25,18 +26,27 @@ def to_train_batch(episodes: Iterable[Episode], verify: Verifier, *, objectives:
     sft: list[SFTExample] = []
     dpo: list[PreferencePair] = []
     opd: list[OPDExample] = []
+    pairs, scored = objectives & PAIR_OBJECTIVES, objectives & SCORED_OBJECTIVES
     for episode in episodes:
         accepted = accepted_targets(episode, verify)
         first = episode.turns[0]
         if "sft" in objectives:
             sft += [SFTExample(prompt=first.prompt, completion=text, provenance=source) for text, source in accepted]
-        if "dpo" in objectives and accepted and first.correct is False and not undecodable(first.text):
+        if pairs and accepted and first.correct is False and not undecodable(first.text):
             text, source = accepted[-1] if accepted[-1][1] == "revision" else accepted[0]
             dpo.append(PreferencePair(prompt=first.prompt, chosen=text, rejected=first.text,
                                       provenance=f"{source}>attempt"))
-        if "opd" in objectives:
+        if scored:
             opd += [opd_example(t) for t in episode.turns if t.role == "student" and t.teacher_scores and t.token_ids]
-    return TrainBatch(sft=tuple(sft), dpo=tuple(dpo), opd=tuple(opd))
+    return TrainBatch({"sft": tuple(sft)} if "sft" in objectives else {}) | _each(pairs, dpo) | _each(scored, opd)
+
+
+PAIR_OBJECTIVES = {"dpo", "redi"}
+SCORED_OBJECTIVES = {"kd", "opd_pg"}
+
+
+def _each(objectives: set[str], lessons: list) -> TrainBatch:
+    return TrainBatch({name: tuple(lessons) for name in sorted(objectives)})
 
 
 def accepted_targets(episode: Episode, verify: Verifier) -> list[tuple[str, str]]:
@@ -82,7 +92,7 @@ def to_tutor_batch(dialogues: Iterable[Episode], *, objectives: set[str]) -> Tra
                 continue
             if "sft" in objectives:
                 sft.append(SFTExample(prompt=turn.prompt, completion=turn.text, provenance=f"tutor:{turn.provenance}"))
-            if "dpo" in objectives:
+            if objectives & PAIR_OBJECTIVES:
                 dpo += [PreferencePair(prompt=turn.prompt, chosen=turn.text, rejected=alt, provenance="success>telling")
                         for alt in turn.alternatives if contains_number(alt, dialogue.problem.answer or "")]
-    return TrainBatch(sft=tuple(sft), dpo=tuple(dpo))
+    return TrainBatch({"sft": tuple(sft)} if "sft" in objectives else {}) | _each(objectives & PAIR_OBJECTIVES, dpo)

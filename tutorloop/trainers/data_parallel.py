@@ -58,7 +58,7 @@ class DataParallelTrainer:
 
 
 def shard(batch: TrainBatch, n: int) -> list[TrainBatch]:
-    return [TrainBatch(sft=batch.sft[i::n], dpo=batch.dpo[i::n], opd=batch.opd[i::n]) for i in range(n)]
+    return [TrainBatch({name: lessons[i::n] for name, lessons in batch.lessons.items()}) for i in range(n)]
 
 
 def rendezvous() -> tuple[str, int, str]:
