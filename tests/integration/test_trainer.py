@@ -238,3 +238,19 @@ def test_lesson_weight_scales_its_tokens(tiny_lm_dir):
     full = trainer.accumulate(TrainBatch.of(sft=(SFTExample(PROMPT, "The answer is 5."),)))["loss/sft"]
     half = trainer.accumulate(TrainBatch.of(sft=(SFTExample(PROMPT, "The answer is 5.", weight=0.5),)))["loss/sft"]
     assert half == pytest.approx(full / 2, rel=1e-6)
+
+
+def test_pg_with_reference_kl_trains_and_is_zero_without_advantage(tiny_lm_dir):
+    """`pg` on the student's samples: advantage 0 and no KL term give loss 0; a positive advantage
+    and k3 KL to the (frozen initial) reference train, and the KL is 0 before the first update."""
+    from dataclasses import replace
+
+    examples = _opd_examples(tiny_lm_dir)
+    zero = TrainBatch.of(pg=tuple(replace(e, advantage=0.0) for e in examples))
+    assert _trainer(tiny_lm_dir, {"pg": 1}).accumulate(zero)["loss/pg"] == 0.0
+    trainer = _trainer(tiny_lm_dir, {"pg": {"kl_coef": 0.1, "kl_estimator": "k3"}})
+    batch = TrainBatch.of(pg=tuple(replace(e, advantage=1.0) for e in examples))
+    first = asyncio.run(trainer.step(batch))
+    assert abs(first["pg/kl_ref"]) < 1e-6 and first["loss/pg"] == pytest.approx(-1.0, abs=1e-4)  # rho = 1, A = 1
+    second = asyncio.run(trainer.step(batch))
+    assert second["pg/kl_ref"] > 0 and second["policy_version"] == 2.0
