@@ -15,11 +15,10 @@ from tutorloop.trainers import objectives as registry
 from tutorloop.trainers.losses import sequence_logps
 from tutorloop.trainers.online import OnlineTrainer
 from tutorloop.trainers.replay import LessonBuffer
-from tutorloop.types import SFTExample, TrainBatch
+from tutorloop.types import Lesson
 
 pytestmark = pytest.mark.integration
 
-PROMPT = ({"role": "user", "content": "What is 2 + 3?"},)
 
 
 class MeanNLLParams(registry.Params):
@@ -36,7 +35,7 @@ def mean_nll(x: registry.TokenInputs, p: MeanNLLParams) -> tuple[torch.Tensor, d
 
 @pytest.fixture
 def toy(monkeypatch):
-    objective = registry.Objective("mean_nll", mean_nll, "sequences", SFTExample, MeanNLLParams)
+    objective = registry.Objective("mean_nll", mean_nll, "sequences", MeanNLLParams)
     monkeypatch.setitem(registry.REGISTRY, "mean_nll", objective)
     return objective
 
@@ -47,8 +46,7 @@ def test_a_toy_objective_validates_buffers_and_trains(toy, tiny_lm_dir):
     params = cfg.trainer.objectives["mean_nll"]
     assert isinstance(params, MeanNLLParams) and params.power == 0.5
     buffer = LessonBuffer(8)
-    lessons = (SFTExample(PROMPT, "The answer is 5."), SFTExample(PROMPT, "5"))
-    buffer.add(TrainBatch.of(mean_nll=lessons), version=0)
+    buffer.add([Lesson("mean_nll", (1, 2, 3), (40, 41, 42, 2)), Lesson("mean_nll", (1, 2, 3), (40, 2))])
     batch = buffer.take(version=0, max_staleness=0, max_per_kind=8)
     trainer = OnlineTrainer(str(tiny_lm_dir), objectives=cfg.trainer.objectives, lr=1e-2, lora=None)
     before = [p.detach().clone() for p in trainer.params]
@@ -61,7 +59,7 @@ def test_a_toy_objective_validates_buffers_and_trains(toy, tiny_lm_dir):
 
 def test_unknown_objective_lessons_are_refused():
     with pytest.raises(ValueError, match="unknown objective 'mean_nll'"):
-        LessonBuffer(8).add(TrainBatch.of(mean_nll=(SFTExample(PROMPT, "5"),)), version=0)
+        LessonBuffer(8).add([Lesson("mean_nll", (1,), (2,))])
 
 
 def test_registry_entries_are_complete():

@@ -155,7 +155,7 @@ def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, 
     from tutorloop.runtime.ray import RayRuntime
     from tutorloop.trainers.online import OnlineTrainer
     from tutorloop.trainers.weight_sync import PackedWeights, SharedWeights, sync_weights, unpack
-    from tutorloop.types import SFTExample, TrainBatch
+    from tutorloop.types import Lesson
 
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
     runtime = RayRuntime(RuntimeConfig(kind="ray", threads_per_actor=1))
@@ -174,8 +174,7 @@ def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, 
         _, packed = await trainer.weights()
         assert isinstance(packed, PackedWeights)
         for step in (1, 2):  # the second sync reuses the segment and the generator's flat layout
-            example = SFTExample(prompt=[{"role": "user", "content": "2+2?"}], completion="The answer is 4.")
-            await trainer.step(TrainBatch.of(sft=(example,)))
+            await trainer.step((Lesson("sft", (1, 40, 41), (42, 43, 2)),))
             assert await sync_weights(trainer, generator) == step
         return await trainer.weights()
 

@@ -8,7 +8,9 @@ import torch
 
 from tutorloop.agents.generators.hf import HFGenerator
 from tutorloop.trainers.online import OnlineTrainer
-from tutorloop.types import OPDExample, PreferencePair, SamplingParams, SFTExample, TrainBatch
+from tutorloop.trainers.batching import encode_lessons
+from tutorloop.trainers.encoding import TokenEncoder
+from tutorloop.types import Lesson, SamplingParams
 
 pytestmark = pytest.mark.integration
 
@@ -17,23 +19,40 @@ PROMPT = ({"role": "user", "content": "What is 2 + 3?"},)
 PROMPTS = [PROMPT, ({"role": "user", "content": "Sum 10 and 5, please."},), ({"role": "user", "content": "7?"},)]
 
 
-def _opd_examples(model_dir, teacher_dir=None, top_k=8):
+def _encoder() -> TokenEncoder:
+    from conftest import build_tiny_tokenizer  # the tokenizer every tiny model is saved with
+
+    return TokenEncoder(build_tiny_tokenizer())
+
+
+ENCODE = _encoder()
+
+
+def sft(prompt, text, **kw) -> Lesson:
+    return Lesson("sft", ENCODE.prompt(prompt), ENCODE.text(text), **kw)
+
+
+def pair(prompt, chosen, rejected, objective="dpo") -> Lesson:
+    return Lesson(objective, ENCODE.prompt(prompt), ENCODE.text(chosen), rejected_ids=ENCODE.text(rejected, eos=False))
+
+
+def _opd_examples(model_dir, teacher_dir=None, top_k=8, objective="kd"):
     """Student samples scored by `teacher_dir` (default: the student itself)."""
     gen = HFGenerator(str(model_dir), seed=3)
     outs = asyncio.run(gen.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=10)))
     scorer = HFGenerator(str(teacher_dir)) if teacher_dir else gen
     scores = asyncio.run(scorer.score(PROMPTS, [o.token_ids for o in outs], top_k=top_k))
-    return tuple(OPDExample(prompt=p, completion_ids=o.token_ids, behavior_logprobs=o.logprobs, teacher=s)
+    return tuple(Lesson(objective, ENCODE.prompt(p), o.token_ids, behavior_logprobs=o.logprobs, teacher=s)
                  for p, o, s in zip(PROMPTS, outs, scores))
 
 
 def _batch(model_dir, teacher_dir):
+    from dataclasses import replace
+
     opd = _opd_examples(model_dir, teacher_dir)
-    pairs = (PreferencePair(PROMPT, "The answer is 5.", "The answer is 6."),
-             PreferencePair(PROMPTS[2], "The answer is 7.", "It is 8."))
-    return TrainBatch.of(
-        sft=(SFTExample(PROMPT, "2 + 3 = 5. The answer is 5."), SFTExample(PROMPTS[1], "The answer is 15.")),
-        dpo=pairs, redi=pairs, kd=opd, opd_pg=opd)
+    pairs = (pair(PROMPT, "The answer is 5.", "The answer is 6."), pair(PROMPTS[2], "The answer is 7.", "It is 8."))
+    return ((sft(PROMPT, "2 + 3 = 5. The answer is 5."), sft(PROMPTS[1], "The answer is 15.")) + pairs
+            + tuple(replace(x, objective="redi") for x in pairs) + opd + tuple(replace(x, objective="opd_pg") for x in opd))
 
 
 def _trainer(model_dir, objectives, **kw):
@@ -44,14 +63,14 @@ def _trainer(model_dir, objectives, **kw):
 @pytest.mark.parametrize("name", ["kd", "opd_pg"])
 def test_distillation_loss_is_zero_when_student_is_teacher(tiny_lm_dir, name):
     trainer = _trainer(tiny_lm_dir, {name: 1})
-    metrics = trainer.accumulate(TrainBatch({name: _opd_examples(tiny_lm_dir, top_k=1000)}))
+    metrics = trainer.accumulate(_opd_examples(tiny_lm_dir, top_k=1000, objective=name))
     assert abs(metrics[f"loss/{name}"]) < 1e-4
     assert abs(metrics["kl/teacher_student"]) < 1e-4
 
 
 @pytest.mark.parametrize("name", ["kd", "opd_pg"])
 def test_distillation_gradient_is_nonzero_against_another_teacher(tiny_lm_dir, tiny_teacher_dir, name):
-    batch = TrainBatch({name: _opd_examples(tiny_lm_dir, tiny_teacher_dir)})
+    batch = _opd_examples(tiny_lm_dir, tiny_teacher_dir, objective=name)
     trainer = _trainer(tiny_lm_dir, {name: 1})
     metrics = trainer.accumulate(batch)
     assert abs(metrics["kl/teacher_student"]) > 1e-3
@@ -113,9 +132,7 @@ def test_lora_sync_sends_only_adapter_tensors_and_generator_follows(tiny_lm_dir,
     gen = HFGenerator(str(tiny_lm_dir), lora=LORA)
     asyncio.run(gen.load_weights(packed, version))
     from tutorloop.models import forward_targets
-    from tutorloop.trainers.batching import encode_text
-
-    ctx, tgt = encode_text(trainer.tokenizer, PROMPT, "The answer is 5.", 64)
+    ctx, tgt = list(ENCODE.prompt(PROMPT)), list(ENCODE.text("The answer is 5."))
     trainer.model.eval()
     with torch.no_grad():
         a = forward_targets(trainer.model, [ctx], [tgt], trainer.tokenizer.pad_token_id)[0]
@@ -131,10 +148,9 @@ def test_shared_prompt_dpo_forward_matches_unpacked_rows(tiny_lm_dir, lora):
     with torch.no_grad():  # a reference that differs from the policy, so a swap would show
         for p in trainer.params[:2]:
             p.add_(0.05)
-    pairs = (PreferencePair(PROMPT, "The answer is 5.", "It is six, I think."),
-             PreferencePair(PROMPTS[1], "15", "The answer is 50, since 10 times 5 is 50."),
-             PreferencePair(PROMPTS[2], "Seven.", "8"))
-    chunk = trainer._encode_dpo(pairs)
+    pairs = (pair(PROMPT, "The answer is 5.", "It is six, I think."),
+             pair(PROMPTS[1], "15", "The answer is 50, since 10 times 5 is 50."), pair(PROMPTS[2], "Seven.", "8"))
+    chunk = encode_lessons(pairs, trainer.max_seq_len, pairs=True)
     packed = trainer._pair_logps(chunk)
     packed[0].sum().backward()
     packed_grads = [p.grad.clone() for p in trainer.params]
@@ -196,9 +212,8 @@ def test_dpo_under_eager_attention_matches_unpacked_rows(tiny_lm_dir, lora):
     with torch.no_grad():
         for p in trainer.params[:2]:
             p.add_(0.05)
-    pairs = (PreferencePair(PROMPT, "The answer is 5.", "It is six, I think."),
-             PreferencePair(PROMPTS[1], "15", "The answer is 50."))
-    chunk = trainer._encode_dpo(pairs)
+    pairs = (pair(PROMPT, "The answer is 5.", "It is six, I think."), pair(PROMPTS[1], "15", "The answer is 50."))
+    chunk = encode_lessons(pairs, trainer.max_seq_len, pairs=True)
     with torch.no_grad():
         policy_B, ref_B = trainer._pair_logps(chunk)
         rows = [c for c, _ in chunk] + [r for _, r in chunk]
@@ -221,7 +236,7 @@ def test_dropout_is_off_in_training(tiny_lm_dir, tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(config | {"attention_dropout": 0.5}))
     trainer = _trainer(model_dir, {"sft": 1})
-    batch = TrainBatch.of(sft=(SFTExample(PROMPT, "2 + 3 = 5. The answer is 5."),))
+    batch = (sft(PROMPT, "2 + 3 = 5. The answer is 5."),)
     trainer.model.train()
     first, grads = trainer.accumulate(batch)["loss/sft"], [p.grad.clone() for p in trainer.params]
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -232,12 +247,17 @@ def test_dropout_is_off_in_training(tiny_lm_dir, tmp_path):
 
 
 def test_lesson_weight_scales_its_tokens(tiny_lm_dir):
-    """`SFTExample.weight` is read: a lesson of weight 0.5 gives half the loss (the count of units
-    stays its tokens)."""
+    """The lesson weight is read (issue 13: `SFTExample.weight` never was): weight 0.5 gives half the
+    loss; a per-token weight of 0 drops that token's NLL but not its unit (the count of units stays
+    the target's tokens)."""
     trainer = _trainer(tiny_lm_dir, {"sft": 1})
-    full = trainer.accumulate(TrainBatch.of(sft=(SFTExample(PROMPT, "The answer is 5."),)))["loss/sft"]
-    half = trainer.accumulate(TrainBatch.of(sft=(SFTExample(PROMPT, "The answer is 5.", weight=0.5),)))["loss/sft"]
+    full = trainer.accumulate((sft(PROMPT, "The answer is 5."),))["loss/sft"]
+    half = trainer.accumulate((sft(PROMPT, "The answer is 5.", weight=0.5),))["loss/sft"]
     assert half == pytest.approx(full / 2, rel=1e-6)
+    lesson = sft(PROMPT, "5")  # "5" + EOS
+    first_only = trainer.accumulate((Lesson("sft", lesson.prompt_ids, lesson.target_ids[:1]),))["loss/sft"]
+    masked = trainer.accumulate((Lesson("sft", lesson.prompt_ids, lesson.target_ids, token_weights=(1.0, 0.0)),))
+    assert masked["loss/sft"] == pytest.approx(first_only / 2, rel=1e-5)  # same NLL sum, twice the units
 
 
 def test_pg_with_reference_kl_trains_and_is_zero_without_advantage(tiny_lm_dir):
@@ -246,10 +266,10 @@ def test_pg_with_reference_kl_trains_and_is_zero_without_advantage(tiny_lm_dir):
     from dataclasses import replace
 
     examples = _opd_examples(tiny_lm_dir)
-    zero = TrainBatch.of(pg=tuple(replace(e, advantage=0.0) for e in examples))
+    zero = tuple(replace(e, objective="pg", advantage=0.0) for e in examples)
     assert _trainer(tiny_lm_dir, {"pg": 1}).accumulate(zero)["loss/pg"] == 0.0
     trainer = _trainer(tiny_lm_dir, {"pg": {"kl_coef": 0.1, "kl_estimator": "k3"}})
-    batch = TrainBatch.of(pg=tuple(replace(e, advantage=1.0) for e in examples))
+    batch = tuple(replace(e, objective="pg", advantage=1.0) for e in examples)
     first = asyncio.run(trainer.step(batch))
     assert abs(first["pg/kl_ref"]) < 1e-6 and first["loss/pg"] == pytest.approx(-1.0, abs=1e-4)  # rho = 1, A = 1
     second = asyncio.run(trainer.step(batch))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tutorloop.trainers.batching import fit, lesson_tensors
-from tutorloop.types import OPDExample, TokenScores
+from tutorloop.types import Lesson, TokenScores
 
 NEEDS = frozenset({"teacher_scores", "behavior_logprobs"})
 
@@ -28,10 +28,10 @@ def test_fit_cuts_the_prompt_only_when_it_alone_is_too_long():
     assert fit([1, 2], [3, 4], 12) == ([1, 2], [3, 4])  # what fits is untouched
 
 
-def _example(n: int, topk_ids, topk_logp, logprobs=None) -> OPDExample:
-    return OPDExample(prompt=(), completion_ids=tuple(range(n)), behavior_logprobs=tuple([-1.0] * n),
-                      teacher=TokenScores(logprobs=tuple(logprobs if logprobs is not None else [-0.5] * n),
-                                          topk_ids=topk_ids, topk_logprobs=topk_logp))
+def _example(n: int, topk_ids, topk_logp, logprobs=None) -> Lesson:
+    return Lesson("kd", (), tuple(range(n)), behavior_logprobs=tuple([-1.0] * n),
+                  teacher=TokenScores(logprobs=tuple(logprobs if logprobs is not None else [-0.5] * n),
+                                      topk_ids=topk_ids, topk_logprobs=topk_logp))
 
 
 def test_scores_of_the_wrong_length_are_refused():

@@ -12,13 +12,12 @@ units, which the trainer divides by the unit count of the whole step (METHODS §
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import Tensor
 
-from tutorloop.trainers import losses, pg_losses
-from tutorloop.types import OPDExample, PreferencePair, SFTExample
+if TYPE_CHECKING:  # config reads this registry, and `import tutorloop.config` must not load torch
+    from torch import Tensor
 
 Unit = Literal["tokens", "pairs", "sequences"]
 
@@ -111,7 +110,7 @@ class PairInputs:
     ref_rejected_logp_B: Tensor | None = None
 
 
-Loss = Callable[[Any, Any], tuple[Tensor, dict[str, Tensor]]]
+Loss = Callable[[Any, Any], "tuple[Tensor, dict[str, Tensor]]"]
 
 
 @dataclass(frozen=True)
@@ -119,11 +118,10 @@ class Objective:
     name: str
     loss: Loss
     unit: Unit
-    record: type
-    """The lesson record it trains on."""
     params: type[Params] = Params
     needs: frozenset[str] = frozenset()
-    """Lesson fields beyond prompt and target: teacher_scores, behavior_logprobs, advantage."""
+    """`Lesson` fields it reads beyond prompt and target: rejected_ids, teacher_scores,
+    behavior_logprobs, advantage."""
     on_policy: bool = False
     """Its lessons are the policy's own samples: the buffer drops them once stale."""
     untempered_sampling: bool = False
@@ -190,10 +188,14 @@ def unit_count(name: str, targets: list[int]) -> int:
 
 
 def _sft(x: TokenInputs, p: Params) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.trainers import losses
+
     return losses.sft_nll_sum(x.logp_B_T, x.mask_B_T), {}
 
 
 def _kd(x: TokenInputs, p: KDParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.trainers import losses
+
     assert x.teacher_topk_ids_B_T_K is not None and x.teacher_topk_logp_B_T_K is not None
     loss = losses.opd_jsd_sum(x.logits_B_T_V, x.teacher_topk_ids_B_T_K, x.teacher_topk_logp_B_T_K, x.mask_B_T,
                               beta=p.beta, temperature=p.temperature)
@@ -207,6 +209,8 @@ def _k1_to_teacher(x: TokenInputs) -> Tensor:
 
 
 def _opd_pg(x: TokenInputs, p: OPDPGParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.trainers import pg_losses
+
     assert x.behavior_logp_B_T is not None and x.teacher_logp_B_T is not None
     loss, kl = pg_losses.opd_pg_sum(x.logp_B_T, x.behavior_logp_B_T, x.teacher_logp_B_T, x.mask_B_T,
                                     clip_low=p.clip_low, clip_high=p.clip_high)
@@ -214,6 +218,8 @@ def _opd_pg(x: TokenInputs, p: OPDPGParams) -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def _pg(x: TokenInputs, p: PGParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.trainers import pg_losses
+
     assert x.behavior_logp_B_T is not None and x.advantage_B is not None
     advantage_B_T = x.advantage_B.unsqueeze(-1).expand_as(x.logp_B_T)
     loss, clipped = pg_losses.clipped_pg_sum(x.logp_B_T, x.behavior_logp_B_T, advantage_B_T, x.mask_B_T,
@@ -228,6 +234,8 @@ def _pg(x: TokenInputs, p: PGParams) -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def _dpo(x: PairInputs, p: DPOParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.trainers import losses
+
     assert x.ref_chosen_logp_B is not None and x.ref_rejected_logp_B is not None
     logps = (x.chosen_logp_B, x.rejected_logp_B, x.ref_chosen_logp_B, x.ref_rejected_logp_B)
     if p.loss_type == "ipo":
@@ -243,16 +251,17 @@ def _dpo(x: PairInputs, p: DPOParams) -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def _redi(x: PairInputs, p: RediParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.trainers import losses
+
     loss_B = losses.redi_loss(x.chosen_logp_B, x.rejected_logp_B, x.chosen_len_B, x.rejected_len_B, alpha=p.alpha)
     return (x.weight_B * loss_B).sum(), {"chosen_logp": x.chosen_logp_B.detach().sum(),
                                          "rejected_logp": x.rejected_logp_B.detach().sum()}
 
 
-register(Objective("sft", _sft, "tokens", SFTExample))
-register(Objective("dpo", _dpo, "pairs", PreferencePair, DPOParams))
-register(Objective("redi", _redi, "pairs", PreferencePair, RediParams))
-register(Objective("kd", _kd, "tokens", OPDExample, KDParams, frozenset({"teacher_scores"}), on_policy=True))
-register(Objective("opd_pg", _opd_pg, "tokens", OPDExample, OPDPGParams,
-                   frozenset({"teacher_scores", "behavior_logprobs"}), on_policy=True, untempered_sampling=True))
-register(Objective("pg", _pg, "tokens", OPDExample, PGParams, frozenset({"behavior_logprobs", "advantage"}),
-                   on_policy=True))
+register(Objective("sft", _sft, "tokens"))
+register(Objective("dpo", _dpo, "pairs", DPOParams, frozenset({"rejected_ids"})))
+register(Objective("redi", _redi, "pairs", RediParams, frozenset({"rejected_ids"})))
+register(Objective("kd", _kd, "tokens", KDParams, frozenset({"teacher_scores"}), on_policy=True))
+register(Objective("opd_pg", _opd_pg, "tokens", OPDPGParams, frozenset({"teacher_scores", "behavior_logprobs"}),
+                   on_policy=True, untempered_sampling=True))
+register(Objective("pg", _pg, "tokens", PGParams, frozenset({"behavior_logprobs", "advantage"}), on_policy=True))
