@@ -193,16 +193,17 @@ def round_window(trainer: Any, student: Any, teacher: Any, prompt_batches: list[
     return lambda k: asyncio.run(rounds(k))
 
 
-def teacher_score_window(teacher: Any, examples: list[Any]) -> Window:
+def teacher_score_window(teacher: Any, prompts: list[Any], examples: list[Any]) -> Window:
     """The teacher's top-k scoring of one OPD batch: the work GKD does inside its step and we do
-    in the teacher's generator before the step."""
-    cycle = itertools.cycle([examples[i:i + BATCH] for i in range(0, len(examples), BATCH)])
+    in the teacher's generator before the step. `prompts`: each lesson's chat messages."""
+    rows = list(zip(prompts, examples, strict=True))
+    cycle = itertools.cycle([rows[i:i + BATCH] for i in range(0, len(rows), BATCH)])
 
     async def scores(k: int) -> float:
         began = time.perf_counter()
         for _ in range(k):
             chunk = next(cycle)
-            await teacher.score([e.prompt for e in chunk], [e.completion_ids for e in chunk], top_k=TOP_K)
+            await teacher.score([p for p, _ in chunk], [e.target_ids for _, e in chunk], top_k=TOP_K)
         return time.perf_counter() - began
 
     return lambda k: asyncio.run(scores(k))
@@ -424,7 +425,7 @@ def bench_opd(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
     examples = opd_examples(conversations, student, teacher)
     trl = trl_gkd(common, conversations, steps, lmbda=0.0)
     contenders = {"ours": step_window(our_trainer(common, {"kd": 1}), batches(examples, "kd")), "trl": trl,
-                  "score": teacher_score_window(teacher, examples)}
+                  "score": teacher_score_window(teacher, [tuple(c[:1]) for c in conversations], examples)}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_opd"], windows=plan["windows"])
     trl.close()
     return [row("OPD step (JSD, teacher top-20 given), 8 x (63 + 64 tok), vs GKDTrainer lmbda=0", rates["ours"],
