@@ -3,7 +3,7 @@
 accuracy over training time goes into a PNG and a markdown report in the output dir, and into a
 W&B run (offline unless WANDB_MODE says otherwise); each arm is also a W&B run of its own.
 
-    .venv/bin/python bench/efficacy.py [--minutes 30] [--out runs/efficacy] [--arms sft,dpo,opd,mixed]
+    .venv/bin/python bench/efficacy.py [--minutes 30] [--out runs/efficacy] [--arms sft,dpo,kd,mixed]
                                        [--config configs/default.yaml] [key=value ...]
 
 Each arm is `tutorloop run CONFIG` with `loop.time_budget_minutes`, `eval.every=1` and the arm's
@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ARMS = {
-    "sft": {"sft": 1.0, "dpo": 0.0, "opd": 0.0},
-    "dpo": {"sft": 0.0, "dpo": 1.0, "opd": 0.0},
-    "opd": {"sft": 0.0, "dpo": 0.0, "opd": 1.0},
+    "sft": {"sft": 1.0, "dpo": 0.0, "kd": 0.0},
+    "dpo": {"sft": 0.0, "dpo": 1.0, "kd": 0.0},
+    "kd": {"sft": 0.0, "dpo": 0.0, "kd": 1.0},
     "mixed": None,  # the config's own weights
 }
 TARGET_POINTS = 15.0
@@ -55,7 +55,7 @@ def run_arm(arm: str, weights: dict[str, float] | None, args: argparse.Namespace
     shutil.rmtree(run_dir, ignore_errors=True)  # an old checkpoint there would be resumed, not rerun
     overrides = [f"run_dir={run_dir}", f"name=efficacy-{arm}", "loop.rounds=1000",
                  f"loop.time_budget_minutes={args.minutes}", "eval.every=1", "eval.before=true", "eval.after=true"]
-    overrides += [f"trainer.weights.{k}={v}" for k, v in (weights or {}).items()]
+    overrides += [f"trainer.objectives.{k}={v}" for k, v in (weights or {}).items()]  # a bare weight: default params
     command = [sys.executable, "-m", "tutorloop.cli", "run", args.config, *overrides, *args.overrides]
     print(f"[{arm}] {' '.join(command[2:])}", flush=True)
     began = time.perf_counter()
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[Curve]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of rounds per objective")
     parser.add_argument("--out", default="runs/efficacy")
-    parser.add_argument("--arms", default="sft,dpo,opd,mixed")
+    parser.add_argument("--arms", default="sft,dpo,kd,mixed")
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value for every arm")
     args = parser.parse_args(argv)

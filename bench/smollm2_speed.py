@@ -170,16 +170,16 @@ def bench_generation(repeats: int, batches: tuple[int, ...]) -> Timings:
 
 
 def sft_examples(tokenizer: Any) -> tuple[Any, list[list[int]]]:
-    """8 SFT examples that the trainer encodes to exactly 128 tokens each, and those token sequences."""
-    from tutorloop.trainers.batching import encode_text
-    from tutorloop.types import SFTExample, TrainBatch
+    """8 SFT lessons that the trainer encodes to exactly 128 tokens each, and those token sequences."""
+    from tutorloop.trainers.encoding import TokenEncoder
+    from tutorloop.types import Lesson
 
-    examples = [SFTExample(prompt=({"role": "user", "content": f"How do I compute {17 + i} * {23 + i}?"},),
-                           completion=COMPLETION) for i in range(TRAIN_ROWS)]
-    encoded = [encode_text(tokenizer, e.prompt, e.completion, TRAIN_LEN) for e in examples]
-    sequences = [context + target for context, target in encoded]
+    encode = TokenEncoder(tokenizer)
+    lessons = [Lesson("sft", encode.prompt(({"role": "user", "content": f"How do I compute {17 + i} * {23 + i}?"},)),
+                      encode.text(COMPLETION)) for i in range(TRAIN_ROWS)]
+    sequences = [list(x.prompt_ids + x.target_ids) for x in lessons]
     assert all(len(s) == TRAIN_LEN for s in sequences), [len(s) for s in sequences]
-    return TrainBatch(sft=tuple(examples)), sequences
+    return tuple(lessons), sequences
 
 
 def plain_trainer(dtype: str = "float32") -> Callable[[list[list[int]]], None]:
@@ -206,7 +206,7 @@ def ours_trainer(*overrides: str) -> Any:
     from tutorloop.runtime.local import LocalRuntime
     from tutorloop.trainers import build_trainer
 
-    cfg = load_config(ROOT / "configs" / "default.yaml", ["trainer.weights.dpo=0", "trainer.weights.opd=0",
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["trainer.objectives={sft: 1.0}",
                                                           f"trainer.max_seq_len={TRAIN_LEN}", *overrides])
     return build_trainer(LocalRuntime(), cfg)
 

@@ -68,26 +68,36 @@ def user(text: str) -> tuple[dict[str, str], ...]:
     return ({"role": "user", "content": text},)
 
 
+def encoder(common: Any) -> Any:
+    """The student's tokenizer, as lesson makers encode text targets."""
+    from tutorloop.models import load_tokenizer
+    from tutorloop.trainers.encoding import TokenEncoder
+
+    return TokenEncoder(load_tokenizer(common.ensure_assets() / "student"))
+
+
 def sft_data(common: Any, n: int) -> tuple[list[str], list[Any]]:
     """bench_sft.py's texts (168 chars, cut to 128 tokens). Ours: the first 8 characters as the
     user turn and the next 116 as the completion: 3 chat tokens + 8 + 116 + EOS = 128 tokens."""
-    from tutorloop.types import SFTExample
+    from tutorloop.types import Lesson
 
-    rng = random.Random(0)
+    rng, encode = random.Random(0), encoder(common)
     texts = [common.rand_text(128 + 40, rng) for _ in range(n)]
-    return texts, [SFTExample(user(t[:8]), t[8:124]) for t in texts]
+    return texts, [Lesson("sft", encode.prompt(user(t[:8])), encode.text(t[8:124])) for t in texts]
 
 
 def dpo_data(common: Any, n: int) -> tuple[dict[str, list[str]], list[Any]]:
     """bench_dpo.py's texts: prompt 64 chars, chosen/rejected 63 chars + EOS. Ours: the prompt's
     first 61 characters in the chat template (3 chat tokens + 61 = 64 tokens)."""
-    from tutorloop.types import PreferencePair
+    from tutorloop.types import Lesson
 
-    rng = random.Random(0)
+    rng, encode = random.Random(0), encoder(common)
     rows = [(common.rand_text(64, rng), common.rand_text(63, rng), common.rand_text(63, rng)) for _ in range(n)]
     columns = {"prompt": [p for p, _, _ in rows], "chosen": [c for _, c, _ in rows],
                "rejected": [r for _, _, r in rows]}
-    return columns, [PreferencePair(user(p[:61]), c, r) for p, c, r in rows]
+    # EOS on both sides, as TRL's DPO data: the anchor compares equal token counts
+    return columns, [Lesson("dpo", encode.prompt(user(p[:61])), encode.text(c), rejected_ids=encode.text(r))
+                     for p, c, r in rows]
 
 
 def gkd_data(common: Any, n: int) -> list[list[dict[str, str]]]:
@@ -101,7 +111,8 @@ def opd_examples(conversations: list[list[dict[str, str]]], student: Any, teache
     """The same conversations as OPD examples: the assistant text's ids + EOS as the completion,
     behaviour log-probs from the student and top-k scores from the teacher. Scoring is the
     teacher generator's work, done here once; `teacher_score_window` times it separately."""
-    from tutorloop.types import OPDExample
+    from tutorloop.trainers.encoding import TokenEncoder
+    from tutorloop.types import Lesson
 
     tok = student.tokenizer
     prompts = [tuple(c[:1]) for c in conversations]
@@ -109,13 +120,17 @@ def opd_examples(conversations: list[list[dict[str, str]]], student: Any, teache
            for c in conversations]
     behaviour = asyncio.run(student.score(prompts, ids, top_k=0))
     scores = asyncio.run(teacher.score(prompts, ids, top_k=TOP_K))
-    return [OPDExample(p, i, b.logprobs, s) for p, i, b, s in zip(prompts, ids, behaviour, scores)]
+    encode = TokenEncoder(tok)
+    return [Lesson("kd", encode.prompt(p), i, behavior_logprobs=b.logprobs, teacher=s)
+            for p, i, b, s in zip(prompts, ids, behaviour, scores)]
 
 
-def batches(examples: list[Any], field: str) -> list[Any]:
-    from tutorloop.types import TrainBatch
+def batches(lessons: list[Any], objective: str) -> list[Any]:
+    """Steps of BATCH lessons each, all for `objective`."""
+    from dataclasses import replace
 
-    return [TrainBatch(**{field: tuple(examples[i:i + BATCH])}) for i in range(0, len(examples), BATCH)]
+    lessons = [replace(x, objective=objective) for x in lessons]
+    return [tuple(lessons[i:i + BATCH]) for i in range(0, len(lessons), BATCH)]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -128,9 +143,8 @@ def our_trainer(common: Any, weights: dict[str, float], autocast: str = "off") -
     runs bf16 faster (`trainer.autocast`), a setting the fp32 TRL runs do not have."""
     from tutorloop.trainers.online import OnlineTrainer
 
-    full = {"sft": 0.0, "dpo": 0.0, "opd": 0.0} | weights
     # micro_batch_size 16: DPO's 8 pairs are 16 rows in one forward, as in DPOTrainer.
-    return OnlineTrainer(str(common.ensure_assets() / "student"), weights=full, lr=1e-4, lora=None,
+    return OnlineTrainer(str(common.ensure_assets() / "student"), objectives=weights, lr=1e-4, lora=None,
                          micro_batch_size=16, max_grad_norm=1.0, dtype="float32", autocast=autocast, seed=0)
 
 
@@ -152,10 +166,11 @@ def round_window(trainer: Any, student: Any, teacher: Any, prompt_batches: list[
     """One on-policy round: generate, score top-k with the teacher, one update, sync the weights
     back into the student's generator (TRL's GKD samples from the live weights, so we count it).
     Appends each phase's seconds to `phases`."""
-    from tutorloop.types import OPDExample, SamplingParams, TrainBatch
+    from tutorloop.trainers.encoding import TokenEncoder
+    from tutorloop.types import Lesson, SamplingParams
 
     params = SamplingParams(temperature=0.9, max_new_tokens=NEW_TOKENS)
-    cycle = itertools.cycle(prompt_batches)
+    cycle, encode = itertools.cycle(prompt_batches), TokenEncoder(student.tokenizer)
 
     async def one_round(prompts: list[Any]) -> None:
         marks = [time.perf_counter()]
@@ -163,8 +178,8 @@ def round_window(trainer: Any, student: Any, teacher: Any, prompt_batches: list[
         marks.append(time.perf_counter())
         scores = await teacher.score(prompts, [o.token_ids for o in outs], top_k=TOP_K)
         marks.append(time.perf_counter())
-        batch = TrainBatch(opd=tuple(OPDExample(p, o.token_ids, o.logprobs, s, o.policy_version)
-                                     for p, o, s in zip(prompts, outs, scores)))
+        batch = tuple(Lesson("kd", encode.prompt(p), o.token_ids, behavior_logprobs=o.logprobs, teacher=s,
+                             policy_version=o.policy_version) for p, o, s in zip(prompts, outs, scores))
         await trainer.step(batch)
         marks.append(time.perf_counter())
         await student.load_weights(await trainer.weights())
@@ -181,16 +196,17 @@ def round_window(trainer: Any, student: Any, teacher: Any, prompt_batches: list[
     return lambda k: asyncio.run(rounds(k))
 
 
-def teacher_score_window(teacher: Any, examples: list[Any]) -> Window:
+def teacher_score_window(teacher: Any, prompts: list[Any], examples: list[Any]) -> Window:
     """The teacher's top-k scoring of one OPD batch: the work GKD does inside its step and we do
-    in the teacher's generator before the step."""
-    cycle = itertools.cycle([examples[i:i + BATCH] for i in range(0, len(examples), BATCH)])
+    in the teacher's generator before the step. `prompts`: each lesson's chat messages."""
+    rows = list(zip(prompts, examples, strict=True))
+    cycle = itertools.cycle([rows[i:i + BATCH] for i in range(0, len(rows), BATCH)])
 
     async def scores(k: int) -> float:
         began = time.perf_counter()
         for _ in range(k):
             chunk = next(cycle)
-            await teacher.score([e.prompt for e in chunk], [e.completion_ids for e in chunk], top_k=TOP_K)
+            await teacher.score([p for p, _ in chunk], [e.target_ids for _, e in chunk], top_k=TOP_K)
         return time.perf_counter() - began
 
     return lambda k: asyncio.run(scores(k))
@@ -411,8 +427,8 @@ def bench_opd(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
     student, teacher = generators(common)
     examples = opd_examples(conversations, student, teacher)
     trl = trl_gkd(common, conversations, steps, lmbda=0.0)
-    contenders = {"ours": step_window(our_trainer(common, {"opd": 1}), batches(examples, "opd")), "trl": trl,
-                  "score": teacher_score_window(teacher, examples)}
+    contenders = {"ours": step_window(our_trainer(common, {"kd": 1}), batches(examples, "kd")), "trl": trl,
+                  "score": teacher_score_window(teacher, [tuple(c[:1]) for c in conversations], examples)}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_opd"], windows=plan["windows"])
     trl.close()
     return [row("OPD step (JSD, teacher top-20 given), 8 x (63 + 64 tok), vs GKDTrainer lmbda=0", rates["ours"],
@@ -423,18 +439,16 @@ def bench_opd(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
 
 
 def bench_mixed(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-    from tutorloop.types import TrainBatch
-
     steps = plan["warmup"] + plan["windows"] * plan["k_mixed"]
     _, sft = sft_data(common, steps * BATCH)
     _, pairs = dpo_data(common, steps * BATCH)
     student, teacher = generators(common)
     opd = opd_examples(gkd_data(common, steps * BATCH), student, teacher)
     del student, teacher
-    parts = {"sft": batches(sft, "sft"), "dpo": batches(pairs, "dpo"), "opd": batches(opd, "opd")}
-    mixed = [TrainBatch(sft=s.sft, dpo=d.dpo, opd=o.opd) for s, d, o in zip(*parts.values())]
+    parts = {"sft": batches(sft, "sft"), "dpo": batches(pairs, "dpo"), "kd": batches(opd, "kd")}
+    mixed = [s + d + o for s, d, o in zip(*parts.values())]
     contenders = {name: step_window(our_trainer(common, {name: 1}), b) for name, b in parts.items()}
-    contenders["mixed"] = step_window(our_trainer(common, {"sft": 1, "dpo": 1, "opd": 1}), mixed)
+    contenders["mixed"] = step_window(our_trainer(common, {"sft": 1, "dpo": 1, "kd": 1}), mixed)
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_mixed"], windows=plan["windows"])
     mixed = row("mixed step (SFT + DPO + OPD batches above) vs the sum of our three steps", rates["mixed"],
                 serial(*(rates[name] for name in parts)), "")
@@ -449,7 +463,7 @@ def bench_round(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]]
     student, teacher = generators(common)
     trl = trl_gkd(common, conversations, steps, lmbda=1.0)
     phases: dict[str, list[float]] = {}
-    contenders = {"ours": round_window(our_trainer(common, {"opd": 1}), student, teacher, prompts, phases),
+    contenders = {"ours": round_window(our_trainer(common, {"kd": 1}), student, teacher, prompts, phases),
                   "trl": trl}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_round"], windows=plan["windows"])
     trl.close()

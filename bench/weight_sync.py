@@ -111,7 +111,7 @@ def bench_lora_adapter(repeats: int) -> tuple[float, float]:
                                                           "up_proj", "down_proj"], "task_type": "CAUSAL_LM"}
     runtime = RayRuntime(RuntimeConfig(kind="ray"))
     model = "embedded:smollm2-135m-instruct"
-    trainer = runtime.spawn(OnlineTrainer, model, resources=Resources(cpus=0.5), weights={"sft": 1.0}, lr=1e-4,
+    trainer = runtime.spawn(OnlineTrainer, model, resources=Resources(cpus=0.5), objectives={"sft": 1.0}, lr=1e-4,
                             lora=lora)
     generator = runtime.spawn(HFGenerator, model, resources=Resources(cpus=0.5), lora=lora)
 

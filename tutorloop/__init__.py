@@ -7,20 +7,17 @@ from tutorloop.errors import UserError
 from tutorloop.types import (
     Completion,
     Episode,
+    Lesson,
     Message,
-    OPDExample,
-    PreferencePair,
     Problem,
     Role,
     SamplingParams,
-    SFTExample,
     StopReason,
     TokenScores,
-    TrainBatch,
     Turn,
 )
 
 __all__ = [
-    "Completion", "Episode", "Message", "OPDExample", "PreferencePair", "Problem", "Role",
-    "SamplingParams", "SFTExample", "StopReason", "TokenScores", "TrainBatch", "Turn", "UserError",
+    "Completion", "Episode", "Lesson", "Message", "Problem", "Role",
+    "SamplingParams", "StopReason", "TokenScores", "Turn", "UserError",
 ]

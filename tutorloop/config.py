@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from tutorloop.errors import UserError
+from tutorloop import objectives as objective_registry
+from tutorloop.objectives import Params
 from tutorloop.types import DIALOGUE_ROLES, ROLES, Role
 
-OBJECTIVES = ("sft", "dpo", "opd")
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 
 
@@ -114,30 +116,15 @@ class LoraConfig(Strict):
     """Linear layers that get adapters."""
 
 
-class OPDConfig(Strict):
-    form: Literal["jsd", "pg"] = "jsd"
-    """`jsd`: generalized JSD over the teacher's top-k plus a tail bucket, backpropagated.
-    `pg`: policy gradient with per-token reward log pi_T - log pi_old (reverse KL, METHODS F6)."""
-    beta: float = Field(0.5, ge=0.0, le=1.0)
-    """Generalized-JSD interpolation: 0 = forward KL(teacher||student), 1 = reverse KL (TRL GKD convention)."""
-    top_k: int = Field(20, ge=1, le=1024)
-    """Teacher log-probs kept per position (the rest goes to one tail bucket)."""
-    temperature: float = Field(1.0, gt=0.0)
-    """Temperature of the student's distribution in the JSD form (teacher scores are at 1)."""
-
-
 class TrainerConfig(Strict):
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     """AdamW learning rate."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay."""
-    weights: dict[str, float] = {"sft": 1.0, "dpo": 0.5, "opd": 1.0}
-    """Objective mix; each objective is first normalized by its own global token or pair count.
-    A weight of 0 skips that objective's forward pass entirely."""
-    dpo_beta: float = Field(0.1, gt=0.0)
-    """DPO sigmoid temperature (Rafailov et al. 2023)."""
-    opd: OPDConfig = OPDConfig()
-    """On-policy distillation settings."""
+    objectives: dict[str, SerializeAsAny[Params]] = Field({"sft": 1.0, "dpo": 0.5, "kd": 1.0}, validate_default=True)
+    """The objective mix, by registry name (`objectives/__init__.py`: sft, dpo, redi, kd, opd_pg,
+    pg): a weight, or `{weight: 0.5, beta: 0.1, ...}` with the objective's parameters. Each is
+    first normalized by its own global unit count; a weight of 0 skips its forward pass."""
     lora: LoraConfig | None = LoraConfig()
     """LoRA adapters on the student (reference = adapters disabled); null = full fine-tuning."""
     micro_batch_size: int = Field(8, ge=1)
@@ -165,16 +152,10 @@ class TrainerConfig(Strict):
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
-    @field_validator("weights")
+    @field_validator("objectives", mode="before")
     @classmethod
-    def _known_objectives(cls, weights: dict[str, float]) -> dict[str, float]:
-        if unknown := set(weights) - set(OBJECTIVES):
-            raise ValueError(f"unknown objectives {sorted(unknown)}; known: {list(OBJECTIVES)}")
-        if any(w < 0 for w in weights.values()):
-            raise ValueError("objective weights must be >= 0")
-        if not any(w > 0 for w in weights.values()):
-            raise ValueError("at least one objective needs a weight > 0")
-        return {name: float(weights.get(name, 0.0)) for name in OBJECTIVES}
+    def _registered(cls, objectives: Any) -> dict[str, Params]:
+        return objective_registry.parse(objectives)
 
 
 class TasksConfig(Strict):
@@ -363,13 +344,28 @@ class RunConfig(Strict):
         if self.agents[trainable].generator in ("scripted", "openai"):  # no weights here to train
             raise ValueError(f"agents.{trainable}: the trainable {trainable} needs a model generator (hf or vllm), "
                              f"not `{self.agents[trainable].generator}`")
-        if self.dialogue and self.trainer.weights["opd"] > 0:
-            raise ValueError("trainer.weights.opd: a tutoring run makes no OPD lessons; set it to 0")
-        if not self.dialogue and self.trainer.weights["opd"] > 0 and self.agents["teacher"].generator == "scripted":
-            raise ValueError("trainer.weights.opd > 0 needs a teacher that can score tokens (not `scripted`)")
+        self._objectives_fit()
         if self.runtime.kind == "local" and self.trainer.resources.replicas > 1:
             raise ValueError("trainer.resources.replicas > 1 (data parallel) needs runtime.kind=ray")
         return self
+
+
+    def _objectives_fit(self) -> None:
+        """What the active objectives need of the run: teacher scores, untempered sampling."""
+        objectives = self.trainer.objectives
+        if scored := objective_registry.needing(objectives, "teacher_scores"):
+            if self.dialogue:
+                raise ValueError(f"trainer.objectives.{scored[0]}: a tutoring run makes no lessons with teacher "
+                                 "scores; remove it or set its weight to 0")
+            if self.agents["teacher"].generator == "scripted":
+                raise ValueError(f"trainer.objectives.{scored[0]} needs a teacher that can score tokens "
+                                 "(not `scripted`)")
+        sampling = self.agents[self.trainable].sampling
+        for name in objective_registry.active(objectives):
+            if objective_registry.REGISTRY[name].untempered_sampling and (sampling.temperature, sampling.top_p) != (1, 1):
+                raise ValueError(f"trainer.objectives.{name} needs agents.{self.trainable}.sampling temperature 1 and "
+                                 f"top_p 1 (got {sampling.temperature} and {sampling.top_p}): its ratio and reward "
+                                 "use the sampler's untempered log-probs")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

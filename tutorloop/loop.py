@@ -14,7 +14,7 @@ from tutorloop.agents import build_agents, build_generators
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
 from tutorloop.envs import TutoringEnv
-from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.envs.to_examples import to_lessons
 from tutorloop.errors import UserError
 from tutorloop.evaluation import greedy_accuracy
 from tutorloop.graders import verify
@@ -22,6 +22,8 @@ from tutorloop.metrics import RunLog, episode_metrics
 from tutorloop.runtime import build_runtime
 from tutorloop.tasks import build_tasks
 from tutorloop.trainers import build_trainer, lora_kwargs
+from tutorloop import objectives as objective_registry
+from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights
 
@@ -40,9 +42,10 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     generators = build_generators(runtime, cfg, lora_kwargs(cfg))
     agents = build_agents(cfg, generators)
     trainer = build_trainer(runtime, cfg)
-    objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
+    objectives = set(objective_registry.active(cfg.trainer.objectives))
+    encode = trained_encoder(cfg)
     env = TutoringEnv(verify, max_rounds=cfg.env.max_rounds,
-                      score_top_k=cfg.trainer.opd.top_k if "opd" in objectives else 0,
+                      score_top_k=objective_registry.teacher_top_k(cfg.trainer.objectives),
                       max_reply_chars=cfg.env.max_reply_chars)
     buffer = LessonBuffer(cfg.loop.buffer_size)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
@@ -58,7 +61,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
         episodes_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
                                         resync=lambda: sync_weights(trainer, generators["student"]), log=log)
         episode_seconds = time.perf_counter() - began
-        buffer.add(to_train_batch(episodes_P, verify, objectives=objectives), version)
+        buffer.add(to_lessons(episodes_P, verify, encode, objectives=objectives))
         batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
                             max_per_kind=cfg.loop.max_lessons_per_step)
         metrics = await trainer.step(batch)
@@ -164,6 +167,14 @@ def round_timing(seconds: float, episode_seconds: float, metrics: dict[str, floa
     model = metrics.get("round/model_seconds", 0.0) + metrics.get("train/seconds", 0.0)
     return {"round/seconds": seconds, "round/episode_seconds": episode_seconds,
             "round/overhead_share": max(0.0, 1.0 - model / seconds) if seconds else 0.0}
+
+
+def trained_encoder(cfg: RunConfig) -> TokenEncoder:
+    """The trained role's tokenizer, which encodes text targets once where lessons are made."""
+    from tutorloop.models import load_tokenizer, resolve_model
+
+    spec = cfg.agents[cfg.trainable]
+    return TokenEncoder(load_tokenizer(resolve_model(spec.model), trust_remote_code=spec.trust_remote_code))
 
 
 def prepare_run_dir(path: str) -> Path:

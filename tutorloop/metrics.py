@@ -20,7 +20,7 @@ from tutorloop.types import Episode
 TABLE_COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),
                  ("after feedback", "episodes/after_feedback_acc", "{:.2f}"),
                  ("corrections ok", "episodes/corrections_accepted_rate", "{:.2f}"),
-                 ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("opd", "loss/opd", "{:.3f}"),
+                 ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("kd", "loss/kd", "{:.3f}"),
                  ("KL t-s", "kl/teacher_student", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
                  ("s", "round/seconds", "{:.1f}"))
 TRANSCRIPT_COLUMNS = ["round", "problem_id", "turn", "role", "kind", "move", "text", "correct", "provenance",

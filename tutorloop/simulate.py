@@ -3,7 +3,7 @@ tutor and each student → lessons for the tutor → one trainer step → sync t
 success@k / telling@k. A greedy tutor on held-out students brackets the rounds.
 
 It is `loop.run` with the roles swapped: the tutor is the trainable policy, trained by the same
-OnlineTrainer, and the lessons come from dialogues (`to_tutor_batch`) instead of corrections.
+OnlineTrainer, and the lessons come from dialogues (`to_tutor_lessons`) instead of corrections.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ from tutorloop.checkpoint import save_model
 from tutorloop.config import RunConfig, config_dict
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.mathdial import load_mathdial
-from tutorloop.envs.to_examples import to_tutor_batch
+from tutorloop.envs.to_examples import to_tutor_lessons
 from tutorloop.envs.tutoring_metrics import dialogue_metrics
 from tutorloop.errors import UserError
-from tutorloop.loop import generation_metrics, note_threads, prepare_run_dir, run_episodes, seed_everything
+from tutorloop.loop import generation_metrics, note_threads, prepare_run_dir, run_episodes, seed_everything, trained_encoder
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.tasks import TaskPool, build_tasks
 from tutorloop.tasks.mathdial import with_students
 from tutorloop.trainers import build_trainer, lora_kwargs
+from tutorloop import objectives as objective_registry
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights
 from tutorloop.types import Episode
@@ -48,10 +49,10 @@ async def run(cfg: RunConfig) -> dict[str, float]:
     generators = build_generators(runtime, cfg, lora_kwargs(cfg))
     agents = build_dialogue_agents(cfg, generators)
     trainer = build_trainer(runtime, cfg)
-    objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
+    objectives, encode = set(objective_registry.active(cfg.trainer.objectives)), trained_encoder(cfg)
     env = DialogueEnv(max_turns=cfg.dialogue.max_turns, telling_penalty=cfg.dialogue.telling_penalty)
     buffer = LessonBuffer(cfg.loop.buffer_size)
-    buffer.add(to_tutor_batch(recorded_dialogues(cfg, tasks), objectives=objectives), 0)
+    buffer.add(to_tutor_lessons(recorded_dialogues(cfg, tasks), encode, objectives=objectives))
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
                  columns=TABLE_COLUMNS)
     await note_threads(runtime, log)
@@ -65,12 +66,13 @@ async def run(cfg: RunConfig) -> dict[str, float]:
         dialogues_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
                                          resync=lambda: sync_weights(trainer, generators["tutor"]), log=log)
         dialogue_seconds = time.perf_counter() - began
-        buffer.add(to_tutor_batch(dialogues_P, objectives=objectives), version)
+        buffer.add(to_tutor_lessons(dialogues_P, encode, objectives=objectives))
         batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
                             max_per_kind=cfg.loop.max_lessons_per_step)
         metrics = await trainer.step(batch)
         version = await sync_weights(trainer, generators["tutor"])  # next round's dialogues use the new tutor
-        metrics |= await generation_metrics(generators) | {"lessons/sft": len(batch.sft), "lessons/dpo": len(batch.dpo)}
+        metrics |= await generation_metrics(generators)
+        metrics |= {f"lessons/{name}": float(sum(x.objective == name for x in batch)) for name in objectives}
         timing = {"round/seconds": time.perf_counter() - began, "round/dialogue_seconds": dialogue_seconds}
         log.write(r, dialogue_metrics(dialogues_P) | metrics | timing, dialogues_P)
     if cfg.eval.after and tasks.eval:

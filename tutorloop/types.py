@@ -118,39 +118,29 @@ class Episode:
 
 
 @dataclass(frozen=True, slots=True)
-class SFTExample:
-    prompt: Messages
-    completion: str
-    weight: float = 1.0
-    provenance: str = ""
+class Lesson:
+    """One unit of training data for one objective of one learner, in the trained model's token ids
+    (never re-encoded text). Which optional fields an objective reads is the registry's `needs`."""
 
-
-@dataclass(frozen=True, slots=True)
-class PreferencePair:
-    prompt: Messages
-    chosen: str
-    rejected: str
-    provenance: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class OPDExample:
-    prompt: Messages
-    """What the student saw."""
-    completion_ids: tuple[int, ...]
-    """What the student sampled (on-policy)."""
-    behavior_logprobs: tuple[float, ...]
-    """Sampled-token log-probs under the policy that generated them (for the PG form)."""
-    teacher: TokenScores
-    """Teacher log-probs and top-k for each completion token, under the teacher's context."""
+    objective: str
+    """A key of `tutorloop.objectives.REGISTRY`."""
+    prompt_ids: tuple[int, ...]
+    """The context, rendered with the trained model's chat template, ending with its assistant header."""
+    target_ids: tuple[int, ...]
+    """The trained span (a pair's chosen side): sampled ids where the model sampled them."""
+    token_weights: tuple[float, ...] = ()
+    """Per target token; () means 1 on each. 0 on tokens another agent or the env wrote."""
     policy_version: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TrainBatch:
-    sft: tuple[SFTExample, ...] = ()
-    dpo: tuple[PreferencePair, ...] = ()
-    opd: tuple[OPDExample, ...] = ()
-
-    def counts(self) -> dict[str, int]:
-        return {"sft": len(self.sft), "dpo": len(self.dpo), "opd": len(self.opd)}
+    """The policy that sampled the target; on-policy objectives drop stale lessons."""
+    weight: float = 1.0
+    """Scales this lesson in its objective's loss."""
+    learner: str = "student"
+    rejected_ids: tuple[int, ...] = ()
+    """Pairs: the rejected side, the ids that were sampled (no EOS the model never emitted)."""
+    behavior_logprobs: tuple[float, ...] = ()
+    """Log-prob of each target token under the policy that sampled it."""
+    teacher: TokenScores | None = None
+    """The teacher's scores of each target token under its own context."""
+    advantage: float | None = None
+    """Sequence advantage for policy-gradient objectives."""
+    provenance: str = ""

@@ -91,7 +91,7 @@ def test_teacher_with_another_vocabulary_when_opd_is_on(tmp_path, capsys, tiny_l
     config = _config(tmp_path, tiny_lm_dir, teacher)
     err = _one_line_error(capsys, ["run", config])
     assert "agents.teacher.model: its tokenizer differs from agents.student.model's (260 vs 259 tokens)" in err
-    without_opd = load_config(config, ["trainer.weights={sft: 1, dpo: 0.5, opd: 0}"])
+    without_opd = load_config(config, ["trainer.objectives={sft: 1, dpo: 0.5}"])
     check_models(without_opd, ("student", "teacher", "mentor"))  # no token-level objective: no objection
 
 
@@ -114,7 +114,7 @@ def test_teacher_with_wider_logits_when_opd_is_on(tmp_path, capsys, tiny_lm_dir,
     err = _one_line_error(capsys, ["run", config])
     assert (f"agents.teacher.model ({teacher}) has 267 logits per token and agents.student.model "
             f"({tiny_lm_dir}) has 259 (config.vocab_size)") in err
-    without_opd = load_config(config, ["trainer.weights={sft: 1, dpo: 0.5, opd: 0}"])
+    without_opd = load_config(config, ["trainer.objectives={sft: 1, dpo: 0.5}"])
     check_models(without_opd, ("student", "teacher", "mentor"))  # SFT and DPO never mix their logits
 
 
@@ -157,7 +157,7 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_continues(tmp_path, cap
         real(*args)
 
     monkeypatch.setattr(checkpoint, "_save_optimizer", fills_up)
-    overrides = ["loop.rounds=2", "trainer.weights={sft: 1, dpo: 0.5, opd: 0}"]
+    overrides = ["loop.rounds=2", "trainer.objectives={sft: 1, dpo: 0.5}"]
     err = _one_line_error(capsys, ["run", config, *overrides])
     assert "cannot write checkpoint round-000002 (No space left on device)" in err
     run_dir = tmp_path / "run"
@@ -184,7 +184,7 @@ def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path, capsys, monkeyp
     monkeypatch.setattr(OnlineTrainer, "accumulate", poisoned_after_the_first_step)
     config = _config(tmp_path, tiny_lm_dir, tiny_teacher_dir)
     err = _one_line_error(capsys, ["run", config, "loop.rounds=5", "trainer.max_nonfinite_steps=2",
-                                   "trainer.weights={sft: 1, dpo: 0, opd: 1}"])
+                                   "trainer.objectives={kd: 1}"])
     assert "round 2: 2 optimizer steps in a row had a non-finite loss or gradient" in err
     assert "last checkpoint" in err and "intact" in err
     run_dir = tmp_path / "run"
@@ -202,7 +202,7 @@ def test_ten_thousand_token_replies_from_a_run(tmp_path, capsys, tiny_lm_dir):
     scripted = f"{{generator: scripted, replies: [{json.dumps(long_reply)}]}}"
     config = _config(tmp_path, tiny_lm_dir, tiny_lm_dir)
     assert main(["run", config, f"agents.teacher={scripted}", f"agents.mentor={scripted}",
-                 "trainer.weights={sft: 1, dpo: 0.5, opd: 0}", "trainer.max_seq_len=256"]) == 0
+                 "trainer.objectives={sft: 1, dpo: 0.5}", "trainer.max_seq_len=256"]) == 0
     (row,) = _rows(tmp_path / "run")
     assert row["episodes/truncated_replies"] > 0
 

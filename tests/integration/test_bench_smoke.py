@@ -35,7 +35,7 @@ def test_round_runtime_on_tiny_models(capsys, tmp_path, tiny_lm_dir, tiny_teache
             (("student", tiny_lm_dir), ("teacher", tiny_teacher_dir), ("mentor", tiny_teacher_dir))]
     results = _load("round_runtime").main(["--rounds", "1", "--runtimes", "local", "--json", str(tmp_path / "r.json"),
                                            *tiny, "loop.problems_per_round=4", "tasks.num_train=16",
-                                           "tasks.num_eval=4", "trainer.opd.top_k=4"])
+                                           "tasks.num_eval=4", "trainer.objectives.kd.top_k=4"])
     (local,) = results
     assert local["runtime"] == "local" and len(local["rounds"]) == 1
     assert local["standalone_tok_s"]["student"] > 0 and local["in_round_over_standalone"]["student"] > 0

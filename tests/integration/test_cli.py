@@ -17,7 +17,7 @@ agents:
   mentor: {{model: {teacher}, sampling: {{max_new_tokens: 8}}}}
 tasks: {{num_train: 8, num_eval: 2}}
 loop: {{rounds: 1, problems_per_round: 2}}
-trainer: {{opd: {{top_k: 4}}}}
+trainer: {{objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
 eval: {{before: false, max_new_tokens: 8}}
 log: {{console: false, wandb: {{mode: disabled}}}}
 {extra}""")

@@ -33,7 +33,7 @@ def test_two_arms_under_a_tiny_budget_write_report_plot_and_curves(tmp_path, tin
                    "mentor": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}}},
         "tasks": {"num_train": 16, "num_eval": 4},
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-                    "opd": {"top_k": 4}},
+                    "objectives": {"sft": 1.0, "dpo": {"weight": 0.5}, "kd": {"top_k": 4}}},
         "loop": {"problems_per_round": 2},
         "eval": {"max_new_tokens": 6},
         "log": {"console": False}}))

@@ -21,7 +21,7 @@ def tiny_config(tmp_path, student, teacher, **sections):
                    "mentor": {"model": str(teacher), "sampling": {"max_new_tokens": 8}}},
         "tasks": {"num_train": 24, "num_eval": 4},
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-                    "opd": {"top_k": 8}},
+                    "objectives": {"sft": 1.0, "dpo": 0.5, "kd": {"top_k": 8}}},
         "loop": {"rounds": 3, "problems_per_round": 4},
         "eval": {"max_new_tokens": 8},
         "log": {"console": False, "wandb": {"mode": "disabled"}},
@@ -56,7 +56,7 @@ def test_three_rounds_change_the_student_and_not_the_teacher(tmp_path, tiny_lm_d
     assert all(r["policy_version"] == r["round"] + 1 for r in rows)
     # Random byte-level models write undecodable bytes, which never become a DPO "rejected"
     # (to_examples.py), so DPO's loss is covered by the trainer tests; here its count is logged.
-    assert {"loss/sft", "dpo/units", "loss/opd", "kl/teacher_student", "episodes/first_try_acc"} <= rows[0].keys()
+    assert {"loss/sft", "dpo/units", "loss/kd", "kl/teacher_student", "episodes/first_try_acc"} <= rows[0].keys()
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 12
     student_turns = [t for e in episodes for t in e["turns"] if t["role"] == "student"]
@@ -80,7 +80,7 @@ def test_full_finetuning_single_objective_run(tmp_path, tiny_lm_dir, tiny_teache
     cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 1, "problems_per_round": 2},
                       eval={"before": False, "after": False})
     raw = cfg.model_dump(mode="json")
-    raw["trainer"] |= {"lora": None, "weights": {"sft": 1.0, "dpo": 0.0, "opd": 0.0}}
+    raw["trainer"] |= {"lora": None, "objectives": {"sft": 1.0}}
     asyncio.run(loop.run(validate_config(raw)))
     saved = tmp_path / "run" / "student"
     assert (saved / "model.safetensors").exists() and (saved / "config.json").exists()

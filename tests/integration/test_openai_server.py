@@ -93,7 +93,7 @@ def raw_config(tmp_path: Path, student: Path, url: str, opd: float) -> dict:
         "agents": {"student": {"model": str(student), "sampling": {"max_new_tokens": 12}},
                    "teacher": endpoint(url, 32, num_candidates=2), "mentor": endpoint(url, 24)},
         "tasks": {"num_train": 24, "num_eval": 4},
-        "trainer": {"lr": 1e-2, "weights": {"sft": 1.0, "dpo": 0.5, "opd": opd}, "opd": {"top_k": 4},
+        "trainer": {"lr": 1e-2, "objectives": {"sft": 1.0, "dpo": 0.5, "kd": {"weight": opd, "top_k": 4}},
                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "loop": {"rounds": 2, "problems_per_round": 3},
         "eval": {"before": False, "after": False},

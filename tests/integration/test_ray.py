@@ -29,7 +29,7 @@ def ray_config(tmp_path, student, teacher, **sections):
                    "mentor": {"model": str(teacher), "sampling": {"max_new_tokens": 6}, "resources": light}},
         "tasks": {"num_train": 16, "num_eval": 4},
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-                    "opd": {"top_k": 4}, "resources": light},
+                    "objectives": {"sft": 1.0, "dpo": 0.5, "kd": {"top_k": 4}}, "resources": light},
         "loop": {"rounds": 2, "problems_per_round": 4},
         "eval": {"before": False, "max_new_tokens": 6},
         "log": {"console": False, "wandb": {"mode": "disabled"}},
@@ -100,7 +100,7 @@ def test_data_parallel_gradients_equal_one_workers(ray_local, tiny_lm_dir, tiny_
     from tutorloop.trainers.online import OnlineTrainer
 
     batch = _batch(tiny_lm_dir, tiny_teacher_dir)
-    kwargs = dict(weights={"sft": 1.0, "dpo": 0.5, "opd": 1.0}, lr=1e-3, lora=LORA, seed=0, max_grad_norm=1e9)
+    kwargs = dict(objectives={"sft": 1.0, "dpo": 0.5, "kd": 1.0}, lr=1e-3, lora=LORA, seed=0, max_grad_norm=1e9)
     single = asyncio.run(OnlineTrainer(str(tiny_lm_dir), **kwargs).step(batch))
     runtime = RayRuntime(RuntimeConfig(kind="ray", threads_per_actor=1))
     workers = [runtime.spawn(OnlineTrainer, str(tiny_lm_dir), resources=Resources(cpus=0.5), world_size=2, **kwargs)
@@ -108,7 +108,7 @@ def test_data_parallel_gradients_equal_one_workers(ray_local, tiny_lm_dir, tiny_
     both = asyncio.run(DataParallelTrainer(workers).step(batch))
     runtime.shutdown()
     assert both["train/world_size"] == 2.0
-    for key in ("train/grad_norm", "loss/sft", "loss/dpo", "loss/opd", "sft/units", "opd/units", "dpo/units"):
+    for key in ("train/grad_norm", "loss/sft", "loss/dpo", "loss/kd", "sft/units", "kd/units", "dpo/units"):
         assert both[key] == pytest.approx(single[key], rel=1e-4), key
 
 
@@ -155,11 +155,11 @@ def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, 
     from tutorloop.runtime.ray import RayRuntime
     from tutorloop.trainers.online import OnlineTrainer
     from tutorloop.trainers.weight_sync import PackedWeights, SharedWeights, sync_weights, unpack
-    from tutorloop.types import SFTExample, TrainBatch
+    from tutorloop.types import Lesson
 
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
     runtime = RayRuntime(RuntimeConfig(kind="ray", threads_per_actor=1))
-    trainer = runtime.spawn(OnlineTrainer, str(tiny_lm_dir), resources=Resources(cpus=0.5), weights={"sft": 1.0},
+    trainer = runtime.spawn(OnlineTrainer, str(tiny_lm_dir), resources=Resources(cpus=0.5), objectives={"sft": 1.0},
                             lr=1e-2, lora=lora)
     generator = runtime.spawn(HFGenerator, str(tiny_lm_dir), resources=Resources(cpus=0.5), lora=lora)
 
@@ -174,8 +174,7 @@ def test_same_node_sync_goes_through_shared_memory_and_lands_exactly(ray_local, 
         _, packed = await trainer.weights()
         assert isinstance(packed, PackedWeights)
         for step in (1, 2):  # the second sync reuses the segment and the generator's flat layout
-            example = SFTExample(prompt=[{"role": "user", "content": "2+2?"}], completion="The answer is 4.")
-            await trainer.step(TrainBatch(sft=(example,)))
+            await trainer.step((Lesson("sft", (1, 40, 41), (42, 43, 2)),))
             assert await sync_weights(trainer, generator) == step
         return await trainer.weights()
 

@@ -37,7 +37,7 @@ agents:
   teacher: {{model: {teacher}, num_candidates: 2, sampling: {{max_new_tokens: 8}}}}
   mentor: {{model: {teacher}, sampling: {{max_new_tokens: 6}}}}
 tasks: {{num_train: 24, num_eval: 3}}
-trainer: {{lr: 0.01, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}, opd: {{top_k: 4}}}}
+trainer: {{lr: 0.01, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}, objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
 loop: {{rounds: {ROUNDS}, problems_per_round: 2}}
 eval: {{before: true, after: false, max_new_tokens: 6}}
 checkpoint: {{every: 1, keep: 2}}
@@ -124,7 +124,7 @@ def test_full_finetuning_run_extended_by_a_round_equals_a_longer_run(tmp_path, t
     two commands, so a finished run goes on where it ended."""
     from safetensors.torch import load_file
 
-    full = ["trainer.lora=null", "trainer.weights={sft: 1, dpo: 0.5, opd: 0}", "eval.before=false", "loop.rounds=2"]
+    full = ["trainer.lora=null", "trainer.objectives={sft: 1, dpo: 0.5}", "eval.before=false", "loop.rounds=2"]
     assert main(["run", _config(tmp_path, "longer", tiny_lm_dir, tiny_teacher_dir), *full]) == 0
     extended = _config(tmp_path, "extended", tiny_lm_dir, tiny_teacher_dir)
     assert main(["run", extended, *full[:-1], "loop.rounds=1"]) == 0

@@ -37,7 +37,7 @@ def tutoring_config(tmp_path, tutor, student_replies=STUDENT, **sections):
                    "tagger": {"generator": "scripted", "replies": ["probing"]}},
         "tasks": {"source": "jsonl", "path": str(problems_file(tmp_path)), "num_train": 0, "num_eval": 1},
         "dialogue": {"max_turns": 3},
-        "trainer": {"lr": 1e-2, "weights": {"sft": 1.0, "dpo": 0.5, "opd": 0.0},
+        "trainer": {"lr": 1e-2, "objectives": {"sft": 1.0, "dpo": 0.5},
                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "loop": {"rounds": 2, "problems_per_round": 1},
         "log": {"console": False, "wandb": {"mode": "disabled"}},

@@ -7,11 +7,12 @@ import asyncio
 from tutorloop.agents.mentor import MentorAgent
 from tutorloop.agents.student import StudentAgent
 from tutorloop.agents.teacher import TeacherAgent
-from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.envs.to_examples import to_lessons
 from tutorloop.envs.tutoring import TutoringEnv
 from tutorloop.generators.scripted import ScriptedGenerator
 from tutorloop.graders import contains_number, verify
 from tutorloop.metrics import episode_metrics
+from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Problem, SamplingParams
 
 PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?", answer="29",
@@ -30,7 +31,11 @@ def _episode(student, teacher=(GOOD_CORRECTION,), mentor=("Check the sum.",), ma
 
 
 def _lessons(episode):
-    return to_train_batch([episode], verify, objectives={"sft", "dpo"})
+    """Lessons by objective (sft, dpo), in the tiny tokenizer's ids."""
+    from conftest import build_tiny_tokenizer
+
+    lessons = to_lessons([episode], verify, TokenEncoder(build_tiny_tokenizer()), objectives={"sft", "dpo"})
+    return {name: [x for x in lessons if x.objective == name] for name in ("sft", "dpo")}
 
 
 def test_empty_reply_grades_wrong_and_is_counted():
@@ -38,14 +43,14 @@ def test_empty_reply_grades_wrong_and_is_counted():
     metrics = episode_metrics([episode])
     assert metrics["episodes/empty_replies"] == 1.0 and metrics["episodes/no_answer"] == 0.0
     assert episode.turns[0].correct is False and [t.role for t in episode.turns][1:3] == ["teacher", "mentor"]
-    assert all(e.completion.strip() for e in _lessons(episode).sft)  # nothing empty becomes a target
+    assert all(len(e.target_ids) > 1 for e in _lessons(episode)["sft"])  # nothing empty becomes a target
 
 
 def test_reply_without_an_answer_grades_wrong_and_is_counted():
     episode = _episode(["I am not sure how to do this.", "Still not sure."])
     metrics = episode_metrics([episode])
     assert metrics["episodes/no_answer"] == 2.0 and metrics["episodes/after_feedback_acc"] == 0.0
-    assert [e.provenance for e in _lessons(episode).sft] == ["teacher:model"]  # only the verified correction
+    assert [e.provenance for e in _lessons(episode)["sft"]] == ["teacher:model"]  # only the verified correction
 
 
 def test_ten_thousand_token_replies_are_cut_before_anyone_reads_them():
@@ -57,7 +62,7 @@ def test_ten_thousand_token_replies_are_cut_before_anyone_reads_them():
     assert teacher.correct is False  # verified again on what was left
     assert sum(len(m["content"]) for m in revision.prompt) < 1500  # the next prompt stays bounded
     assert episode_metrics([episode])["episodes/truncated_replies"] == 2.0
-    assert [e.provenance for e in _lessons(episode).sft] == ["revision"]
+    assert [e.provenance for e in _lessons(episode)["sft"]] == ["revision"]
 
 
 def test_invalid_utf8_is_counted_and_never_a_target(tiny_tokenizer):
@@ -67,6 +72,6 @@ def test_invalid_utf8_is_counted_and_never_a_target(tiny_tokenizer):
     episode = _episode(["6 + 23 = 11. The answer is 11\udc80.", revision])
     assert episode.turns[-1].correct  # it is graded...
     batch = _lessons(episode)
-    assert [e.provenance for e in batch.sft] == ["teacher:model"]  # ...but never trained on
-    assert batch.dpo == ()  # the undecodable attempt is no "rejected" either
+    assert [e.provenance for e in batch["sft"]] == ["teacher:model"]  # ...but never trained on
+    assert batch["dpo"] == []  # the undecodable attempt is no "rejected" either
     assert episode_metrics([episode])["episodes/invalid_utf8_replies"] == 2.0

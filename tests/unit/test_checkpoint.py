@@ -15,7 +15,7 @@ from tutorloop.checkpoint import CheckpointStore, Progress, config_changes, rest
 from tutorloop.errors import UserError
 from tutorloop.metrics import keep_rounds_before
 from tutorloop.trainers.replay import LessonBuffer
-from tutorloop.types import OPDExample, PreferencePair, SFTExample, TokenScores, TrainBatch
+from tutorloop.types import Lesson, TokenScores
 
 CONFIG = {"seed": 0, "run_dir": "runs/a", "loop": {"rounds": 4, "problems_per_round": 2}, "trainer": {"lr": 0.1}}
 
@@ -67,11 +67,11 @@ class CountingGenerator:
 
 def _buffer():
     buffer = LessonBuffer(capacity=8)
-    prompt = ({"role": "user", "content": "2+2? ünï"},)
+    prompt = (1, 2, 3)
     scores = TokenScores(logprobs=(-0.1, -float("inf")), topk_ids=((1, 2), (3, 4)), topk_logprobs=((-0.1, -2.5), (-1e-9, -3.0)))
-    buffer.add(TrainBatch(sft=(SFTExample(prompt, "The answer is 4.", provenance="revision"),),
-                          dpo=(PreferencePair(prompt, "4", "5", provenance="x"),),
-                          opd=(OPDExample(prompt, (5, 6), (-0.25, -1 / 3), scores, policy_version=2),)), version=2)
+    buffer.add([Lesson("sft", prompt, (4, 5), token_weights=(0.0, 1.0), provenance="revision"),
+                Lesson("dpo", prompt, (4,), rejected_ids=(5,), weight=0.5, provenance="x"),
+                Lesson("kd", prompt, (5, 6), behavior_logprobs=(-0.25, -1 / 3), teacher=scores, policy_version=2)])
     buffer.dropped_stale = 3
     return buffer
 
@@ -103,7 +103,7 @@ def test_save_then_restore_continues_bit_for_bit(tmp_path):
     resumed.step()  # ...and the resumed one takes the same step, on the same random inputs
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
     assert all(torch.equal(expected[k], v) for k, v in resumed.model.state_dict().items())
-    assert buffer.state() == _buffer().state() and buffer.queues["opd"][0][1] == _buffer().queues["opd"][0][1]
+    assert buffer.state() == _buffer().state() and list(buffer.queues["kd"]) == list(_buffer().queues["kd"])
 
 
 def test_unfinished_write_is_ignored_and_removed(tmp_path):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.config import OBJECTIVES, load_config
+from tutorloop.config import load_config
+from tutorloop.objectives import REGISTRY, Params
 from tutorloop.errors import UserError
 from tutorloop.types import DIALOGUE_ROLES, ROLES
 
@@ -15,7 +16,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 def test_every_config_validates(path):
     cfg = load_config(path)
     assert set(cfg.agents) == set(DIALOGUE_ROLES if cfg.dialogue else ROLES)
-    assert set(cfg.trainer.weights) == set(OBJECTIVES)
+    assert set(cfg.trainer.objectives) <= set(REGISTRY)
+    assert all(isinstance(p, REGISTRY[name].params) for name, p in cfg.trainer.objectives.items())
 
 
 def test_configs_exist():
@@ -46,11 +48,51 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 
 def test_out_of_range(tmp_path):
-    assert "trainer.opd.beta" in _error(tmp_path, BASE, ["trainer.opd.beta=1.5"])
+    assert "trainer.objectives: kd.beta" in _error(tmp_path, BASE, ["trainer.objectives.kd={beta: 1.5}"])
 
 
-def test_unknown_objective(tmp_path):
-    assert "unknown objectives ['kto']" in _error(tmp_path, BASE, ["trainer.weights.kto=1"])
+def test_unknown_objective_lists_the_known_ones(tmp_path):
+    message = _error(tmp_path, BASE, ["trainer.objectives.kto=1"])
+    assert "unknown objective 'kto'; known: ['dpo', 'kd', 'opd_pg', 'pg', 'redi', 'sft']" in message
+
+
+@pytest.mark.parametrize("weight", [".nan", ".inf", "-0.5"])
+def test_weight_nan_inf_or_negative_is_refused(tmp_path, weight):
+    """Issue 13: `trainer.weights.sft=nan` used to be accepted (nan > 0 is False, nan < 0 too)."""
+    assert "trainer.objectives: sft.weight" in _error(tmp_path, BASE, [f"trainer.objectives.sft={weight}"])
+    assert "dpo.weight" in _error(tmp_path, BASE, [f"trainer.objectives.dpo={{weight: {weight}}}"])
+
+
+def test_objectives_take_a_weight_or_parameters(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "trainer: {objectives: {sft: 1.0, dpo: {weight: 0.5, beta: 0.2, loss_type: ipo}, "
+                    "kd: {weight: 1.0, beta: 0.5, top_k: 20, temperature: 2.0}}}\n")
+    objectives = load_config(path).trainer.objectives
+    assert objectives["sft"] == Params(weight=1.0)
+    assert (objectives["dpo"].weight, objectives["dpo"].beta, objectives["dpo"].loss_type) == (0.5, 0.2, "ipo")
+    assert objectives["kd"].temperature == 2.0 and objectives["kd"].top_k == 20
+    assert "dpo.loss_type" in _error(tmp_path, BASE, ["trainer.objectives.dpo={loss_type: hinge}"])
+    assert "at least one objective" in _error(tmp_path, BASE, ["trainer.objectives={sft: 0}"])
+
+
+def test_config_round_trips_objective_parameters(tmp_path):
+    from tutorloop.config import config_dict, validate_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "trainer: {objectives: {redi: {alpha: 0.5}, kd: {top_k: 4}}}\n")
+    cfg = load_config(path)
+    assert config_dict(cfg)["trainer"]["objectives"]["redi"] == {"weight": 1.0, "alpha": 0.5}
+    assert validate_config(config_dict(cfg)).trainer.objectives == cfg.trainer.objectives
+
+
+def test_opd_pg_needs_untempered_sampling(tmp_path):
+    message = _error(tmp_path, BASE, ["trainer.objectives={opd_pg: 1}"])
+    assert "trainer.objectives.opd_pg needs agents.student.sampling temperature 1 and top_p 1" in message
+    path = tmp_path / "ok.yaml"
+    path.write_text(BASE.replace("student: {}", "student: {sampling: {temperature: 1.0}}"))
+    assert load_config(path, ["trainer.objectives={opd_pg: 1}"]).trainer.objectives["opd_pg"].clip_low == 0.2
+    assert "top_p 1" in _error(tmp_path, BASE.replace("student: {}", "student: {sampling: {temperature: 1.0, "
+                                                       "top_p: 0.9}}"), ["trainer.objectives={opd_pg: 1}"])
 
 
 def test_unknown_role(tmp_path):
@@ -125,7 +167,7 @@ def test_every_field_is_documented():
             assert field.description, f"{model.__name__}.{name} has no docstring"
 
 
-TUTORING = "agents: {tutor: {}, sim_student: {}, tagger: {}}\ndialogue: {}\ntrainer: {weights: {sft: 1, opd: 0}}\n"
+TUTORING = "agents: {tutor: {}, sim_student: {}, tagger: {}}\ndialogue: {}\ntrainer: {objectives: {sft: 1}}\n"
 
 
 def test_tutoring_run_has_its_own_roles(tmp_path):
@@ -135,7 +177,8 @@ def test_tutoring_run_has_its_own_roles(tmp_path):
     assert cfg.trainable == "tutor" and cfg.dialogue.max_turns == 7
     assert "missing roles ['tagger']" in _error(tmp_path, TUTORING.replace(", tagger: {}", ""))
     assert "['tutor'] not used by this run" in _error(tmp_path, BASE + "", ["agents.tutor.model=x"])
-    assert "a tutoring run makes no OPD lessons" in _error(tmp_path, TUTORING, ["trainer.weights.opd=1"])
+    assert "trainer.objectives.kd: a tutoring run makes no lessons with teacher scores" in _error(
+        tmp_path, TUTORING, ["trainer.objectives.kd=1"])
     assert "trainable tutor needs a model generator" in _error(
         tmp_path, TUTORING, ["agents.tutor.generator=scripted", "agents.tutor.replies=[hi]"])
 

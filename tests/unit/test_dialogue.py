@@ -8,9 +8,10 @@ from tutorloop.agents.sim_student import SimStudentAgent
 from tutorloop.agents.tagger import TaggerAgent, parse_move
 from tutorloop.agents.tutor import TutorAgent
 from tutorloop.envs.dialogue import DialogueEnv
-from tutorloop.envs.to_examples import to_tutor_batch
+from tutorloop.envs.to_examples import to_tutor_lessons
 from tutorloop.generators.scripted import ScriptedGenerator
 from tutorloop.graders import contains_number
+from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Problem, SamplingParams, StopReason, Turn
 
 PROBLEM = Problem("p1", "Ana has 3 bags of 4 plums. How many plums?", answer="12",
@@ -83,20 +84,28 @@ def test_transcript_keeps_tokens_policy_version_and_alternatives():
     assert tutor.policy_version == 5 and tutor.kind == "utterance"
 
 
-def test_lessons_sft_on_success_without_telling_and_dpo_success_over_telling():
+def test_lessons_sft_on_success_without_telling_and_dpo_success_over_telling(tiny_tokenizer):
     good = run(DialogueEnv(max_turns=3, telling_penalty=0.5),
                agents(["Why 3 + 4?", "It is 12.", "Count one bag.", "Sure, 12 is right: 3 * 4."],
                       ["7", "Because.", "Oh, 12."], candidates=2))
     told = run(DialogueEnv(max_turns=3, telling_penalty=0.5),
                agents(["It is 12.", "Why?"], ["7", "Ok, 12."], candidates=2))
-    batch = to_tutor_batch([good, told], objectives={"sft", "dpo"})
+    encode = TokenEncoder(tiny_tokenizer)
+    lessons = to_tutor_lessons([good, told], encode, objectives={"sft", "dpo"})
+    batch = {name: [x for x in lessons if x.objective == name] for name in ("sft", "dpo")}
+
+    def text(ids):
+        return tiny_tokenizer.decode(ids, skip_special_tokens=True)
+
     # good: tutor turns "Why 3 + 4?" and "Count one bag." (the opening is the env's): 2 SFT targets;
     # each spoken turn > its alternative that states 12: 2 pairs. told: the tutor said 12 first -> nothing.
-    assert [e.completion for e in batch.sft] == ["Why 3 + 4?", "Count one bag."]
-    assert [(p.chosen, p.rejected) for p in batch.dpo] == [("Why 3 + 4?", "It is 12."),
-                                                           ("Count one bag.", "Sure, 12 is right: 3 * 4.")]
-    assert batch.sft[0].prompt == good.turns[2].prompt and batch.dpo[1].prompt == good.turns[4].prompt
-    assert to_tutor_batch([good], objectives={"sft"}).dpo == ()
+    assert [text(e.target_ids) for e in batch["sft"]] == ["Why 3 + 4?", "Count one bag."]
+    assert [(text(p.target_ids), text(p.rejected_ids)) for p in batch["dpo"]] == [
+        ("Why 3 + 4?", "It is 12."), ("Count one bag.", "Sure, 12 is right: 3 * 4.")]
+    assert all(p.rejected_ids[-1] != tiny_tokenizer.eos_token_id for p in batch["dpo"])
+    assert batch["sft"][0].prompt_ids == encode.prompt(good.turns[2].prompt)
+    assert batch["dpo"][1].prompt_ids == encode.prompt(good.turns[4].prompt)
+    assert [x.objective for x in to_tutor_lessons([good], encode, objectives={"sft"})] == ["sft", "sft"]
 
 
 def test_parse_move_and_one_utterance():

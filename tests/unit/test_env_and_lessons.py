@@ -5,10 +5,11 @@ import asyncio
 from tutorloop.agents.mentor import MentorAgent, redact_number
 from tutorloop.agents.student import StudentAgent
 from tutorloop.agents.teacher import TeacherAgent
-from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.envs.to_examples import to_lessons
 from tutorloop.envs.tutoring import TutoringEnv
 from tutorloop.generators.scripted import ScriptedGenerator
 from tutorloop.graders import contains_number, verify
+from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Problem, SamplingParams, StopReason, TokenScores
 
 PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?", answer="29",
@@ -20,6 +21,12 @@ def _agents(student, teacher, mentor, k=1):
     return {"student": StudentAgent(ScriptedGenerator(student), PARAMS),
             "teacher": TeacherAgent(ScriptedGenerator(teacher), PARAMS, num_candidates=k, verify=verify),
             "mentor": MentorAgent(ScriptedGenerator(mentor), PARAMS, contains_answer=contains_number)}
+
+
+def _lessons(tokenizer, episodes, objectives):
+    """Lessons by objective, as `to_lessons` makes them with this tokenizer."""
+    lessons = to_lessons(episodes, verify, TokenEncoder(tokenizer), objectives=objectives)
+    return {name: [x for x in lessons if x.objective == name] for name in ("sft", "dpo", "redi", "kd", "opd_pg")}
 
 
 def _run(agents, max_rounds=1):
@@ -70,32 +77,50 @@ def test_mentor_never_passes_the_answer_on():
     assert redact_number("It is 1,200 or 1200 but not 12000.", "1200") == "It is … or … but not 12000."
 
 
-def test_unverified_text_never_becomes_a_target():
+def test_unverified_text_never_becomes_a_target(tiny_tokenizer):
     wrong_everything = _agents(["The answer is 11.", "The answer is 12."], ["Solution: The answer is 30."],
                                ["hint"])
     problem_without_reference = Problem(id="p2", prompt=PROBLEM.prompt, answer="29")
     episode = asyncio.run(TutoringEnv(verify, max_rounds=1).run(problem_without_reference, wrong_everything))
-    batch = to_train_batch([episode], verify, objectives={"sft", "dpo", "opd"})
-    assert batch.sft == () and batch.dpo == ()
+    assert to_lessons([episode], verify, TokenEncoder(tiny_tokenizer), objectives={"sft", "dpo", "kd"}) == []
 
 
-def test_lessons_from_a_corrected_episode():
+def test_lessons_from_a_corrected_episode(tiny_tokenizer):
     agents = _agents(["6 + 23 = 11. The answer is 11.", "6 + 23 = 29. The answer is 29."],
                      ["Mistake: bad sum\nSolution: 6 + 23 = 29. The answer is 29."], ["Check the sum."])
     episode = _run(agents)
-    batch = to_train_batch([episode], verify, objectives={"sft", "dpo"})
-    attempt_prompt = episode.turns[0].prompt
-    assert [e.completion for e in batch.sft] == ["6 + 23 = 29. The answer is 29."] * 2
-    assert {e.provenance for e in batch.sft} == {"teacher:model", "revision"}
-    assert all(e.prompt == attempt_prompt for e in batch.sft)  # trained under the bare problem prompt
-    (pair,) = batch.dpo
-    assert pair.chosen == "6 + 23 = 29. The answer is 29." and pair.rejected == "6 + 23 = 11. The answer is 11."
-    assert batch.opd == ()
-    only_sft = to_train_batch([episode], verify, objectives={"sft"})
-    assert only_sft.dpo == ()
+    batch = _lessons(tiny_tokenizer, [episode], {"sft", "dpo", "redi"})
+    encode = TokenEncoder(tiny_tokenizer)
+    good = encode.text("6 + 23 = 29. The answer is 29.")
+    assert good[-1] == tiny_tokenizer.eos_token_id  # a text target ends as the model would end it
+    assert [e.target_ids for e in batch["sft"]] == [good] * 2
+    assert {e.provenance for e in batch["sft"]} == {"teacher:model", "revision"}
+    attempt_ids = encode.prompt(episode.turns[0].prompt)
+    assert all(e.prompt_ids == attempt_ids for e in batch["sft"])  # trained under the bare problem prompt
+    (pair,), (redi,) = batch["dpo"], batch["redi"]
+    assert pair.target_ids == good and redi.target_ids == good
+    assert pair.rejected_ids == encode.text("6 + 23 = 11. The answer is 11.", eos=False)  # the scripted
+    assert batch["kd"] == []                                                             # attempt has no ids
+    assert _lessons(tiny_tokenizer, [episode], {"sft"})["dpo"] == []
 
 
-def test_opd_lessons_carry_tokens_scores_and_version():
+def test_the_rejected_side_is_the_sampled_ids_without_eos(tiny_tokenizer):
+    """A model's wrong attempt is rejected as it was sampled: its ids, no end token added."""
+    from dataclasses import replace
+
+    from tutorloop.types import Episode
+
+    agents = _agents(["6 + 23 = 11. The answer is 11.", "6 + 23 = 29. The answer is 29."],
+                     ["Mistake: bad sum\nSolution: 6 + 23 = 29. The answer is 29."], ["Check the sum."])
+    episode = _run(agents)
+    sampled = replace(episode.turns[0], token_ids=(40, 41, 42))
+    revision = replace(episode.turns[-1], token_ids=(50, 51, tiny_tokenizer.eos_token_id))
+    episode = Episode(PROBLEM, (sampled, *episode.turns[1:-1], revision))
+    (pair,) = _lessons(tiny_tokenizer, [episode], {"dpo"})["dpo"]
+    assert pair.rejected_ids == (40, 41, 42) and pair.target_ids == (50, 51, tiny_tokenizer.eos_token_id)
+
+
+def test_distillation_lessons_carry_tokens_scores_and_version(tiny_tokenizer):
     from dataclasses import replace
 
     from tutorloop.types import Episode
@@ -104,10 +129,11 @@ def test_opd_lessons_carry_tokens_scores_and_version():
     episode = _run(agents)
     scored = replace(episode.turns[0], token_ids=(5, 6), logprobs=(-1.0, -2.0), policy_version=4,
                      teacher_scores=TokenScores(logprobs=(-0.5, -0.7)))
-    batch = to_train_batch([Episode(PROBLEM, (scored,))], verify, objectives={"opd"})
-    (example,) = batch.opd
-    assert example.completion_ids == (5, 6) and example.policy_version == 4
+    batch = _lessons(tiny_tokenizer, [Episode(PROBLEM, (scored,))], {"kd", "opd_pg"})
+    (example,), (pg,) = batch["kd"], batch["opd_pg"]
+    assert example.target_ids == (5, 6) and example.policy_version == 4
     assert example.teacher.logprobs == (-0.5, -0.7) and example.behavior_logprobs == (-1.0, -2.0)
+    assert pg.target_ids == (5, 6) and pg.objective == "opd_pg"
 
 
 def test_agents_satisfy_the_protocol():

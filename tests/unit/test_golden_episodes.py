@@ -51,7 +51,7 @@ def golden_config(tmp_path):
                    "teacher": {"generator": "scripted", "num_candidates": 2, "replies": list(TEACHER)},
                    "mentor": {"generator": "scripted", "replies": list(MENTOR)}},
         "tasks": {"source": "arithmetic", "difficulty": 1, "num_train": 3, "num_eval": 1},
-        "trainer": {"weights": {"sft": 1.0, "dpo": 0.5, "opd": 0.0}},
+        "trainer": {"objectives": {"sft": 1.0, "dpo": 0.5}},
         "loop": {"rounds": 1, "problems_per_round": 3},
         "log": {"console": False, "wandb": {"mode": "disabled"}},
     })

@@ -28,6 +28,10 @@ LAYERS = {
     "tutorloop.generators": (2, ""),
     "tutorloop.tasks": (2, ""),
     "tutorloop.trainers": (2, ""),
+    "tutorloop.objectives": (1, "the objective registry: config validates each objective's parameters "
+                                         "against it (§7: config validation reads the registry)"),
+    "tutorloop.objectives.losses": (1, "pure loss functions over tensors (torch only), which the registry names"),
+    "tutorloop.objectives.pg_losses": (1, "pure policy-gradient losses over tensors (torch only), as losses"),
     "tutorloop.trainers.weight_sync": (2, "a trainer's weights as tensors; generators load them (same layer)"),
     "tutorloop.runtime": (2, "spawns generators and trainers (Ray or local); agents and learners receive it"),
     "tutorloop.agents": (3, ""),

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorloop.trainers.losses import (
-    OBJECTIVES,
+from tutorloop.objectives.losses import (
     dpo_loss,
     dpo_rewards,
     generalized_jsd,
+    ipo_loss,
     opd_jsd_sum,
-    opd_pg_sum,
+    rpo_nll,
     sequence_logps,
     sft_nll_sum,
     token_logprobs,
@@ -53,10 +53,6 @@ def trl():
 
     return SimpleNamespace(selective_log_softmax=trl_utils.selective_log_softmax, DPOConfig=DPOConfig,
                            DPOTrainer=DPOTrainer, generalized_jsd_loss=gkd.GKDTrainer.generalized_jsd_loss)
-
-
-def test_objectives_names():
-    assert OBJECTIVES == ("sft", "dpo", "opd")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,13 +138,19 @@ def test_dpo_loss_and_rewards_with_reference_by_hand():
     assert not chosen.requires_grad and not rejected.requires_grad
 
 
+TRL_LOSS_TYPES = {"sigmoid": (["sigmoid"], None), "ipo": (["ipo"], None), "rpo": (["sigmoid", "sft"], [1.0, 0.7])}
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers 5 renames in TrainingArguments
-def test_dpo_parity_with_trl_dpo_trainer(trl, tiny_tokenizer, tmp_path):
-    """TRL 1.16 computes the sigmoid loss inline in `DPOTrainer._compute_loss` (no standalone
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "rpo"])
+def test_dpo_parity_with_trl_dpo_trainer(trl, tiny_tokenizer, tmp_path, loss_type):
+    """TRL 1.16 computes the DPO losses inline in `DPOTrainer._compute_loss` (no standalone
     function), so build the smallest real trainer: two 1-layer random Llamas (policy, reference),
-    two preference pairs, one collated batch. TRL's loss (mean over pairs) must equal
-    dpo_loss(...).mean() fed with our token_logprobs + sequence_logps on the same batch, and its
-    logged rewards/chosen and rewards/rejected must equal the mean of dpo_rewards."""
+    two preference pairs, one collated batch. TRL's loss (mean over pairs) must equal ours fed
+    with our token_logprobs + sequence_logps on the same batch (sigmoid, ipo, and rpo as TRL's
+    ["sigmoid", "sft"] with weights [1, c_nll]; chosen sides of equal length there, where TRL's
+    batch token-mean NLL equals our per-pair mean), and its logged rewards/chosen and
+    rewards/rejected must equal the mean of dpo_rewards."""
     datasets = pytest.importorskip("datasets")
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -162,11 +164,12 @@ def test_dpo_parity_with_trl_dpo_trainer(trl, tiny_tokenizer, tmp_path):
 
     beta = 0.3
     model, ref_model = tiny_llama(0), tiny_llama(1)
-    pairs = datasets.Dataset.from_dict(
-        {"prompt": ["1+1=", "2+3="], "chosen": [" 2", " 5 ok"], "rejected": [" 3 no", " 6"]})
+    chosen = [" 2 ok", " 5 ok"] if loss_type == "rpo" else [" 2", " 5 ok"]
+    pairs = datasets.Dataset.from_dict({"prompt": ["1+1=", "2+3="], "chosen": chosen, "rejected": [" 3 no", " 6"]})
+    trl_types, trl_weights = TRL_LOSS_TYPES[loss_type]
     args = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=2, beta=beta,
-                     loss_type=["sigmoid"], use_cpu=True, logging_strategy="no", save_strategy="no",
-                     disable_tqdm=True)
+                     loss_type=trl_types, loss_weights=trl_weights, use_cpu=True, logging_strategy="no",
+                     save_strategy="no", disable_tqdm=True)
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=pairs,
                          processing_class=tiny_tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))  # rows: [chosen_0, chosen_1, rejected_0, rejected_1]
@@ -186,7 +189,15 @@ def test_dpo_parity_with_trl_dpo_trainer(trl, tiny_tokenizer, tmp_path):
     with torch.no_grad():
         policy_chosen, policy_rejected = seq_logp_B(model).chunk(2)
         ref_chosen, ref_rejected = seq_logp_B(ref_model).chunk(2)
-    ours = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta).mean()
+    chosen_len, rejected_len = completion_B_T[:, 1:].sum(-1).chunk(2)
+    logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    if loss_type == "ipo":
+        ours = ipo_loss(*logps, chosen_len, rejected_len, beta=beta).mean()
+    else:
+        ours = dpo_loss(*logps, beta=beta).mean()
+    if loss_type == "rpo":
+        assert chosen_len[0] == chosen_len[1]
+        ours = ours + 0.7 * rpo_nll(policy_chosen, chosen_len).mean()
     torch.testing.assert_close(ours, trl_loss, atol=1e-6, rtol=1e-5)
     chosen_r, rejected_r = dpo_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta)
     logged = trainer._metrics["train"]
@@ -282,20 +293,49 @@ def test_generalized_jsd_parity_with_trl(trl, beta, temperature):
                                atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.9, 2.0])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
-def test_opd_jsd_sum_full_support_parity_with_trl(trl, beta):
-    """With k = V the tail holds ~0 mass on both sides, so opd_jsd_sum / #tokens must reproduce
-    TRL's full-vocabulary batchmean (teacher log-probs passed at the same temperature)."""
-    temperature = 0.9
+def test_opd_jsd_sum_full_support_parity_with_trl(trl, beta, temperature):
+    """k = V, teacher log-probs scored at tau = 1 (as a scorer serves them): opd_jsd_sum / #tokens
+    must reproduce TRL's full-vocabulary batchmean, which tempers the teacher's logits as well as
+    the student's (defect 13b: tempering only the student gave 1.54 against TRL's 0.90)."""
     student_B_T_V, teacher_B_T_V, labels_B_T = _random_gkd_batch(seed=3)
     want = trl.generalized_jsd_loss(student_B_T_V, teacher_B_T_V, labels=labels_B_T, beta=beta,
                                     temperature=temperature)
-    teacher_logp_B_T_V = F.log_softmax(teacher_B_T_V / temperature, -1)
+    teacher_logp_B_T_V = F.log_softmax(teacher_B_T_V, -1)
     topk_logp_B_T_K, topk_ids_B_T_K = teacher_logp_B_T_V.sort(dim=-1, descending=True)
     mask_B_T = labels_B_T != -100
     got = opd_jsd_sum(student_B_T_V, topk_ids_B_T_K, topk_logp_B_T_K, mask_B_T,
                       beta=beta, temperature=temperature) / mask_B_T.sum()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    (want_grad,) = torch.autograd.grad(want, student_B_T_V)
+    (got_grad,) = torch.autograd.grad(got, student_B_T_V)
+    torch.testing.assert_close(got_grad, want_grad, atol=2e-5, rtol=1e-4)  # float32 round-off
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 11])
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_opd_jsd_sum_student_equal_teacher_is_zero_at_any_temperature(beta, temperature, top_k):
+    """Self-distillation (METHODS 4.11.10): the teacher is the student, served as top-k at tau = 1;
+    the loss is 0 at every temperature and k (defect 13b: 0.197 when only the student was tempered)."""
+    logits_B_T_V, _, labels_B_T = _random_gkd_batch(seed=5)
+    topk_logp_B_T_K, topk_ids_B_T_K = F.log_softmax(logits_B_T_V.detach(), -1).topk(top_k, dim=-1)
+    got = opd_jsd_sum(logits_B_T_V.detach(), topk_ids_B_T_K, topk_logp_B_T_K, labels_B_T != -100,
+                      beta=beta, temperature=temperature)
+    assert abs(got.item()) < 1e-5
+
+
+def test_temper_buckets_by_hand():
+    """Two buckets q = [0.8, 0.2] at tau = 2: softmax(log q / 2) = [sqrt .8, sqrt .2] / (sqrt .8 + sqrt .2)
+    = [2/3, 1/3]. A teacher [0.5, 0.5] stays uniform. At tau = 1 nothing changes."""
+    from tutorloop.objectives.losses import temper_buckets
+
+    s, t = temper_buckets(torch.log(_t([[0.8, 0.2]])), torch.log(_t([[0.5, 0.5]])), 2.0)
+    torch.testing.assert_close(s.exp(), _t([[2 / 3, 1 / 3]]))
+    torch.testing.assert_close(t.exp(), _t([[0.5, 0.5]]))
+    same = torch.log(_t([[0.8, 0.2]]))
+    assert temper_buckets(same, same, 1.0)[0] is same
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,8 +410,10 @@ def test_topk_padding_conventions_agree():
 
 
 def test_opd_jsd_sum_is_masked_sum_of_per_position_jsd():
-    """opd_jsd_sum = sum over masked t of JSD(topk_with_tail(log_softmax(z_t / tau), ...)).
+    """opd_jsd_sum = sum over masked t of JSD(temper_buckets(topk_with_tail(log_softmax(z_t), ...), tau)).
     Masked-out positions hold NaN logits to prove they are never read."""
+    from tutorloop.objectives.losses import temper_buckets
+
     torch.manual_seed(2)
     logits_B_T_V = torch.randn(2, 3, 6)
     ids_B_T_K = torch.randint(0, 6, (2, 3, 1)).expand(2, 3, 2).clone()
@@ -380,8 +422,8 @@ def test_opd_jsd_sum_is_masked_sum_of_per_position_jsd():
     mask_B_T = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool)
     want = 0.0
     for b, t in mask_B_T.nonzero().tolist():
-        s, tt = topk_with_tail(F.log_softmax(logits_B_T_V[b, t : t + 1] / 1.5, -1), ids_B_T_K[b, t : t + 1],
-                               topk_logp_B_T_K[b, t : t + 1])
+        s, tt = temper_buckets(*topk_with_tail(F.log_softmax(logits_B_T_V[b, t : t + 1], -1), ids_B_T_K[b, t : t + 1],
+                                               topk_logp_B_T_K[b, t : t + 1]), 1.5)
         want = want + generalized_jsd(s, tt, beta=0.5).sum()
     poisoned_B_T_V = logits_B_T_V.masked_fill(~mask_B_T[..., None], float("nan"))
     got = opd_jsd_sum(poisoned_B_T_V, ids_B_T_K, topk_logp_B_T_K, mask_B_T, beta=0.5, temperature=1.5)
@@ -389,7 +431,8 @@ def test_opd_jsd_sum_is_masked_sum_of_per_position_jsd():
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
-def test_opd_jsd_sum_no_nan_on_extreme_inputs(beta):
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_opd_jsd_sum_no_nan_on_extreme_inputs(beta, temperature):
     """Very peaked student (logit gap 1e4), a teacher that is certain (top-1 logp 0, tail 0), padded
     slots (-1 ids, -inf logps), a row of padding only, and a near-empty tail: finite loss and grads."""
     V = 8
@@ -402,60 +445,7 @@ def test_opd_jsd_sum_no_nan_on_extreme_inputs(beta):
                                      [NEG_INF, NEG_INF, NEG_INF],  # nothing served for this position
                                      [-1e-9, -25.0, -30.0]]])      # tail below float32 resolution
     mask_B_T = torch.ones(1, 4, dtype=torch.bool)
-    loss = opd_jsd_sum(logits_B_T_V, ids_B_T_K, topk_logp_B_T_K, mask_B_T, beta=beta)
+    loss = opd_jsd_sum(logits_B_T_V, ids_B_T_K, topk_logp_B_T_K, mask_B_T, beta=beta, temperature=temperature)
     (grad,) = torch.autograd.grad(loss, logits_B_T_V)
     assert _all_finite(loss, grad)
     assert loss.item() > 0.5  # position 1 is a real disagreement (JSD_0.5 <= ln 2 per position)
-
-
-# ------------------------------------------------------------------------------------------------
-# opd_pg_sum (F6)
-# ------------------------------------------------------------------------------------------------
-
-
-def test_opd_pg_by_hand_and_gradient_is_minus_advantage():
-    """behavior = student (ratio 1): A = teacher - behavior = [[0.5, -1.0, 2.0]], mask [[1, 1, 0]].
-    loss_sum = -(0.5 - 1.0) = 0.5; kl_sum (k1, behavior - teacher) = -0.5 + 1.0 = 0.5;
-    d loss / d student_logp = -m * A = [[-0.5, 1.0, 0]]. Behavior and teacher get no gradient."""
-    behavior = _t([[-1.0, -2.0, -3.0]]).requires_grad_()
-    teacher = _t([[-0.5, -3.0, -1.0]]).requires_grad_()
-    student = behavior.detach().clone().requires_grad_()
-    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
-    loss_sum, kl_sum = opd_pg_sum(student, behavior, teacher, mask)
-    torch.testing.assert_close(loss_sum, _t(0.5))
-    torch.testing.assert_close(kl_sum, _t(0.5))
-    assert not kl_sum.requires_grad
-    g_student, g_behavior, g_teacher = torch.autograd.grad(
-        loss_sum, (student, behavior, teacher), allow_unused=True)
-    torch.testing.assert_close(g_student, _t([[-0.5, 1.0, 0.0]]))
-    assert g_behavior is None and g_teacher is None
-
-
-def test_opd_pg_importance_ratio_by_hand():
-    """student = behavior + ln 2 -> ratio 2; A = [1, 1] -> loss_sum = -2 * (1 + 1) = -4."""
-    behavior = _t([[-2.0, -2.0]])
-    loss_sum, _ = opd_pg_sum(behavior + LN(2), behavior, behavior + 1.0, torch.ones(1, 2))
-    torch.testing.assert_close(loss_sum, _t(-4.0))
-
-
-def test_opd_pg_zero_when_teacher_is_the_sampler():
-    """teacher == behavior -> A = 0: loss, gradient and KL are exactly 0 whatever the ratio."""
-    torch.manual_seed(3)
-    behavior = -torch.rand(2, 5) * 5
-    student = (behavior + 0.3 * torch.randn(2, 5)).requires_grad_()
-    loss_sum, kl_sum = opd_pg_sum(student, behavior, behavior.clone(), torch.ones(2, 5))
-    (grad,) = torch.autograd.grad(loss_sum, student)
-    assert loss_sum.item() == 0.0 and kl_sum.item() == 0.0
-    assert bool((grad == 0).all())
-
-
-def test_opd_pg_ignores_masked_non_finite_values():
-    """Padding positions may hold -inf log-probs (never scored); they must not turn the sums NaN."""
-    student = _t([[-1.0, NEG_INF]]).requires_grad_()
-    behavior = _t([[-1.0, NEG_INF]])
-    teacher = _t([[-0.5, NEG_INF]])
-    loss_sum, kl_sum = opd_pg_sum(student, behavior, teacher, torch.tensor([[True, False]]))
-    (grad,) = torch.autograd.grad(loss_sum, student)
-    torch.testing.assert_close(loss_sum, _t(-0.5))
-    torch.testing.assert_close(kl_sum, _t(-0.5))
-    assert _all_finite(grad)

@@ -20,6 +20,7 @@ from tutorloop.errors import UserError
 from tutorloop.generators import generator_class
 from tutorloop.graders import ANSWER_STOP, contains_number, verify
 from tutorloop.models import ModelVocab, model_vocab
+from tutorloop import objectives as objective_registry
 from tutorloop.types import Role, SamplingParams
 
 
@@ -68,13 +69,14 @@ def check_models(cfg: RunConfig, roles: Sequence[Role]) -> None:
         if spec.generator in ("hf", "vllm"):  # the others have no weights here (scripted, an endpoint)
             vocabs[role] = model_vocab(spec.model, field=f"agents.{role}.model", trust_remote_code=spec.trust_remote_code)
     student, teacher = vocabs.get("student"), vocabs.get("teacher")
-    if cfg.trainer.weights["opd"] <= 0 or student is None or teacher is None:
+    scored = objective_registry.needing(cfg.trainer.objectives, "teacher_scores")
+    if not scored or student is None or teacher is None:
         return
     if student.tokens != teacher.tokens:
         how = (f"{len(teacher.tokens)} vs {len(student.tokens)} tokens" if len(teacher.tokens) != len(student.tokens)
                else "same size, other ids")
         raise UserError(f"agents.teacher.model: its tokenizer differs from agents.student.model's ({how}); "
-                        "on-policy distillation (trainer.weights.opd > 0) needs both to share one tokenizer")
+                        f"trainer.objectives.{scored[0]} scores the student's tokens and needs both to share one tokenizer")
     # Refused, not handled, even with one tokenizer (Qwen2.5-0.5B 151936 vs 7B 152064 padded rows):
     # the teacher's top-k ranges over its own rows, so an id past the student's width indexes outside
     # its logits, and dropping those ids means renormalizing the teacher's top-k in every backend's
@@ -82,7 +84,7 @@ def check_models(cfg: RunConfig, roles: Sequence[Role]) -> None:
     if None not in (student.width, teacher.width) and student.width != teacher.width:
         raise UserError(f"agents.teacher.model ({cfg.agents['teacher'].model}) has {teacher.width} logits per token "
                         f"and agents.student.model ({cfg.agents['student'].model}) has {student.width} "
-                        "(config.vocab_size); on-policy distillation (trainer.weights.opd > 0) needs both the same")
+                        f"(config.vocab_size); trainer.objectives.{scored[0]} needs both the same")
 
 
 def build_agents(cfg: RunConfig, generators: dict[Role, Generator]) -> dict[Role, Agent]:

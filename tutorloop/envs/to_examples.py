@@ -1,10 +1,11 @@
-"""Episode → SFT examples, preference pairs and OPD examples: the only place where what the
-agents said becomes training data.
+"""Episodes → `Lesson`s, one per objective that trains on them: the only place where what the agents
+said becomes training data, in the trained model's token ids. Pairs feed `dpo` and `redi`; the
+student's own samples with the teacher's scores feed `kd` (on-policy distillation) and `opd_pg`.
 
 The rule that matters: no text becomes an SFT target or a DPO "chosen" unless the verifier accepts
 its final answer, checked here again on the exact text that will be trained on. Text that shows
-undecodable bytes (U+FFFD) is never trained on: re-tokenized, it would teach the replacement mark
-instead of what the model wrote (such replies are counted in `episodes/invalid_utf8_replies`). Every target is
+undecodable bytes (U+FFFD) is never trained on: its text cannot be checked, nor re-encoded as what
+the model wrote (such replies are counted in `episodes/invalid_utf8_replies`). Every target is
 trained under the student's bare attempt prompt, because that is what the student sees at test time.
 """
 
@@ -12,35 +13,52 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from dataclasses import replace
+
 from tutorloop.agents.prompts import split_correction
-from tutorloop.types import Episode, OPDExample, PreferencePair, Problem, SFTExample, TrainBatch, Turn
+from tutorloop.trainers.encoding import TokenEncoder
+from tutorloop.types import Episode, Lesson, Problem, Turn
 
 from tutorloop.envs.tutoring_metrics import outcome
 from tutorloop.graders import Verdict, contains_number, undecodable
 
 Verifier = Callable[[Problem, str], Verdict]
+PAIR_OBJECTIVES = {"dpo", "redi"}
+SCORED_OBJECTIVES = {"kd", "opd_pg"}
 
 
-def to_train_batch(episodes: Iterable[Episode], verify: Verifier, *, objectives: set[str]) -> TrainBatch:
-    sft: list[SFTExample] = []
-    dpo: list[PreferencePair] = []
-    opd: list[OPDExample] = []
+def to_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *,
+               objectives: set[str]) -> list[Lesson]:
+    """The student's lessons from correction episodes, in the student's token ids (`encode`)."""
+    lessons: list[Lesson] = []
+    pairs, scored = objectives & PAIR_OBJECTIVES, objectives & SCORED_OBJECTIVES
     for episode in episodes:
         accepted = accepted_targets(episode, verify)
         first = episode.turns[0]
+        prompt_ids = encode.prompt(first.prompt)
+        targets = [(target_ids(encode, text, turn), source) for text, source, turn in accepted]
         if "sft" in objectives:
-            sft += [SFTExample(prompt=first.prompt, completion=text, provenance=source) for text, source in accepted]
-        if "dpo" in objectives and accepted and first.correct is False and not undecodable(first.text):
-            text, source = accepted[-1] if accepted[-1][1] == "revision" else accepted[0]
-            dpo.append(PreferencePair(prompt=first.prompt, chosen=text, rejected=first.text,
-                                      provenance=f"{source}>attempt"))
-        if "opd" in objectives:
-            opd += [opd_example(t) for t in episode.turns if t.role == "student" and t.teacher_scores and t.token_ids]
-    return TrainBatch(sft=tuple(sft), dpo=tuple(dpo), opd=tuple(opd))
+            lessons += [Lesson("sft", prompt_ids, ids, provenance=source) for ids, source in targets]
+        if pairs and accepted and first.correct is False and not undecodable(first.text):
+            ids, source = targets[-1] if targets[-1][1] == "revision" else targets[0]
+            rejected = first.token_ids or encode.text(first.text, eos=False)  # what was sampled, as sampled
+            lessons += [Lesson(name, prompt_ids, ids, rejected_ids=rejected, provenance=f"{source}>attempt")
+                        for name in sorted(pairs)]
+        if scored:
+            lessons += [replace(scored_lesson(encode, t), objective=name) for name in sorted(scored)
+                        for t in episode.turns if t.role == "student" and t.teacher_scores and t.token_ids]
+    return lessons
 
 
-def accepted_targets(episode: Episode, verify: Verifier) -> list[tuple[str, str]]:
-    """(text, provenance) of every verified teacher correction and accepted student revision."""
+def target_ids(encode: TokenEncoder, text: str, turn: Turn) -> tuple[int, ...]:
+    """The student's own revision as it sampled it; a teacher's text encoded once, ending with EOS."""
+    if turn.role == "student" and turn.token_ids:
+        return turn.token_ids
+    return encode.text(text)
+
+
+def accepted_targets(episode: Episode, verify: Verifier) -> list[tuple[str, str, Turn]]:
+    """(text, provenance, turn) of every verified teacher correction and accepted student revision."""
     out = []
     for turn in episode.turns:
         if turn.role == "teacher" and turn.correct:
@@ -50,29 +68,31 @@ def accepted_targets(episode: Episode, verify: Verifier) -> list[tuple[str, str]
         else:
             continue
         if text and verify(episode.problem, text).correct and not undecodable(text):
-            out.append((text, source))
+            out.append((text, source, turn))
     return out
 
 
-def opd_example(turn: Turn) -> OPDExample:
+def scored_lesson(encode: TokenEncoder, turn: Turn) -> Lesson:
+    """A student turn with the teacher's scores of its tokens (kd, opd_pg)."""
     assert turn.teacher_scores is not None
-    return OPDExample(prompt=turn.prompt, completion_ids=turn.token_ids, behavior_logprobs=turn.logprobs,
-                      teacher=turn.teacher_scores, policy_version=turn.policy_version)
+    return Lesson("kd", encode.prompt(turn.prompt), turn.token_ids, behavior_logprobs=turn.logprobs,
+                  teacher=turn.teacher_scores, policy_version=turn.policy_version)
 
 
 # --- tutoring dialogues → lessons for the tutor --------------------------------------------------
 
 
-def to_tutor_batch(dialogues: Iterable[Episode], *, objectives: set[str]) -> TrainBatch:
+def to_tutor_lessons(dialogues: Iterable[Episode], encode: TokenEncoder, *, objectives: set[str]) -> list[Lesson]:
     """Lessons for the tutor from dialogues (simulated or recorded), under the prompt the tutor saw.
 
     SFT: every tutor turn of a dialogue in which the student reached the answer without being told.
     DPO: in such a dialogue, each spoken tutor turn is preferred over every alternative the tutor
     sampled for the same prompt that states the answer (a turn that led to success over one that
-    told). The env's fixed opening is nobody's choice and never a target.
+    told). The env's fixed opening is nobody's choice and never a target. Tutor texts are cut to
+    one utterance after sampling, so they are encoded (no EOS on the rejected side).
     """
-    sft: list[SFTExample] = []
-    dpo: list[PreferencePair] = []
+    lessons: list[Lesson] = []
+    pairs = objectives & PAIR_OBJECTIVES
     for dialogue in dialogues:
         success, telling = outcome(dialogue.turns, dialogue.problem.answer)
         if not success or telling:
@@ -80,9 +100,11 @@ def to_tutor_batch(dialogues: Iterable[Episode], *, objectives: set[str]) -> Tra
         for turn in dialogue.turns:
             if turn.role != "tutor" or turn.provenance == "env" or not turn.text:
                 continue
+            prompt_ids, chosen = encode.prompt(turn.prompt), encode.text(turn.text)
             if "sft" in objectives:
-                sft.append(SFTExample(prompt=turn.prompt, completion=turn.text, provenance=f"tutor:{turn.provenance}"))
-            if "dpo" in objectives:
-                dpo += [PreferencePair(prompt=turn.prompt, chosen=turn.text, rejected=alt, provenance="success>telling")
-                        for alt in turn.alternatives if contains_number(alt, dialogue.problem.answer or "")]
-    return TrainBatch(sft=tuple(sft), dpo=tuple(dpo))
+                lessons.append(Lesson("sft", prompt_ids, chosen, provenance=f"tutor:{turn.provenance}"))
+            lessons += [Lesson(name, prompt_ids, chosen, rejected_ids=encode.text(alt, eos=False),
+                               provenance="success>telling")
+                        for alt in turn.alternatives if contains_number(alt, dialogue.problem.answer or "")
+                        for name in sorted(pairs)]
+    return lessons

@@ -39,7 +39,7 @@ from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM 0.33 accepts for `max_lora_rank` (`vllm/config/lora.py`)."""
 MAX_TOP_K = 1024
-"""The most top-k log-probs a scoring call may ask for (config caps `trainer.opd.top_k` there too)."""
+"""The most top-k log-probs a scoring call may ask for (config caps `trainer.objectives.kd.top_k` there too)."""
 
 
 class VLLMGenerator:

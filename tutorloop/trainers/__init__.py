@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tutorloop.config import RunConfig
 from tutorloop.trainers.protocol import Trainer
+
+if TYPE_CHECKING:  # config reads the objective registry in this package: no import cycle at runtime
+    from tutorloop.config import RunConfig
 
 
 def build_trainer(runtime: Any, cfg: RunConfig) -> Trainer:
     from tutorloop.trainers.online import OnlineTrainer
 
     t = cfg.trainer
-    kwargs = dict(weights=t.weights, lr=t.lr, weight_decay=t.weight_decay, lora=lora_kwargs(cfg), dpo_beta=t.dpo_beta,
-                  opd_form=t.opd.form, opd_beta=t.opd.beta, opd_temperature=t.opd.temperature,
+    kwargs = dict(objectives=t.objectives, lr=t.lr, weight_decay=t.weight_decay, lora=lora_kwargs(cfg),
                   micro_batch_size=t.micro_batch_size, max_grad_norm=t.max_grad_norm, max_seq_len=t.max_seq_len,
                   dtype=t.dtype, autocast=t.autocast, seed=cfg.seed, trust_remote_code=cfg.agents[cfg.trainable].trust_remote_code)
     model = cfg.agents[cfg.trainable].model

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Any
+from typing import Any, Sequence
 
-from tutorloop.types import TrainBatch
+from tutorloop.types import Lesson
 
 
 class DataParallelTrainer:
@@ -33,7 +33,7 @@ class DataParallelTrainer:
         await asyncio.gather(*(w.join(url, rank, loopback) for rank, w in enumerate(self.workers)))
         self.connected = True
 
-    async def step(self, batch: TrainBatch) -> dict[str, float]:
+    async def step(self, batch: Sequence[Lesson]) -> dict[str, float]:
         await self.connect()
         shards = shard(batch, len(self.workers))
         results = await asyncio.gather(*(w.step(s) for w, s in zip(self.workers, shards)))
@@ -57,8 +57,12 @@ class DataParallelTrainer:
         await asyncio.gather(*(w.load_checkpoint_state(state) for w in self.workers))
 
 
-def shard(batch: TrainBatch, n: int) -> list[TrainBatch]:
-    return [TrainBatch(sft=batch.sft[i::n], dpo=batch.dpo[i::n], opd=batch.opd[i::n]) for i in range(n)]
+def shard(batch: Sequence[Lesson], n: int) -> list[tuple[Lesson, ...]]:
+    """Round-robin within each objective, so every worker gets a share of each."""
+    by_objective: dict[str, list[Lesson]] = {}
+    for lesson in batch:
+        by_objective.setdefault(lesson.objective, []).append(lesson)
+    return [tuple(x for lessons in by_objective.values() for x in lessons[i::n]) for i in range(n)]
 
 
 def rendezvous() -> tuple[str, int, str]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
-from tutorloop.types import TrainBatch
+from tutorloop.types import Lesson
 
 
 @runtime_checkable
 class Trainer(Protocol):
-    async def step(self, batch: TrainBatch) -> dict[str, float]:
+    async def step(self, batch: Sequence[Lesson]) -> dict[str, float]:
         """One optimizer step; returns metrics."""
         ...
 

@@ -1,72 +1,70 @@
-"""A bounded buffer of lessons waiting for the trainer, each tagged with the policy version that
-produced it. Offline lessons (SFT, DPO) wait until trained; on-policy lessons (OPD) are dropped
-once they are more than `max_staleness` versions old, because their tokens and behaviour
-log-probs describe a policy that no longer exists."""
+"""A bounded buffer of lessons waiting for the trainer, one queue per objective; each lesson carries
+the policy version that produced it. Offline lessons (SFT, pairs) wait until trained; the
+lessons of on-policy objectives (the registry's `on_policy`: kd, opd_pg, pg) are dropped once they
+are more than `max_staleness` versions old, because their tokens and behaviour log-probs describe
+a policy that no longer exists."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterable
 
-from tutorloop.types import OPDExample, PreferencePair, SFTExample, TokenScores, TrainBatch
-
-KINDS = ("sft", "dpo", "opd")
+from tutorloop.objectives import REGISTRY
+from tutorloop.types import Lesson, TokenScores
 
 
 class LessonBuffer:
     def __init__(self, capacity: int) -> None:
-        self.queues: dict[str, deque[tuple[int, Any]]] = {k: deque(maxlen=capacity) for k in KINDS}
+        self.capacity = capacity
+        self.queues: dict[str, deque[Lesson]] = {}
         self.dropped_stale = 0
 
-    def add(self, batch: TrainBatch, version: int) -> None:
-        for kind in KINDS:
-            self.queues[kind].extend((version, item) for item in getattr(batch, kind))
+    def add(self, lessons: Iterable[Lesson]) -> None:
+        for lesson in lessons:
+            self._queue(lesson.objective).append(lesson)
 
-    def take(self, *, version: int, max_staleness: int, max_per_kind: int) -> TrainBatch:
-        """The newest lessons of each kind, up to `max_per_kind`; those taken leave the buffer."""
+    def _queue(self, name: str) -> deque[Lesson]:
+        if name not in REGISTRY:
+            raise ValueError(f"lessons for unknown objective {name!r}; known: {sorted(REGISTRY)}")
+        return self.queues.setdefault(name, deque(maxlen=self.capacity))
+
+    def take(self, *, version: int, max_staleness: int, max_per_kind: int) -> tuple[Lesson, ...]:
+        """The newest lessons of each objective, up to `max_per_kind`; those taken leave the buffer."""
         self._drop_stale(version - max_staleness)
-        taken = {}
-        for kind, queue in self.queues.items():
-            items = [queue.pop()[1] for _ in range(min(max_per_kind, len(queue)))]
-            taken[kind] = tuple(reversed(items))
-        return TrainBatch(**taken)
+        taken: list[Lesson] = []
+        for queue in self.queues.values():
+            items = [queue.pop() for _ in range(min(max_per_kind, len(queue)))]
+            taken += reversed(items)
+        return tuple(taken)
 
     def _drop_stale(self, min_version: int) -> None:
-        fresh = [(v, item) for v, item in self.queues["opd"] if v >= min_version]
-        self.dropped_stale += len(self.queues["opd"]) - len(fresh)
-        self.queues["opd"] = deque(fresh, maxlen=self.queues["opd"].maxlen)
+        for name, queue in self.queues.items():
+            if REGISTRY[name].on_policy:
+                fresh = [x for x in queue if x.policy_version >= min_version]
+                self.dropped_stale += len(queue) - len(fresh)
+                self.queues[name] = deque(fresh, maxlen=queue.maxlen)
 
     def sizes(self) -> dict[str, int]:
-        return {kind: len(queue) for kind, queue in self.queues.items()}
+        return {name: len(queue) for name, queue in self.queues.items()}
 
     def state(self) -> dict[str, Any]:
         """The waiting lessons as JSON-ready data, for checkpoints. Floats survive JSON exactly."""
         return {"dropped_stale": self.dropped_stale,
-                "queues": {kind: [[version, asdict(item)] for version, item in queue]
-                           for kind, queue in self.queues.items()}}
+                "queues": {name: [asdict(x) for x in queue] for name, queue in self.queues.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.dropped_stale = state["dropped_stale"]
-        for kind, rows in state["queues"].items():
-            self.queues[kind] = deque(((version, RECORDS[kind](item)) for version, item in rows),
-                                      maxlen=self.queues[kind].maxlen)
+        for name, rows in state["queues"].items():
+            if name not in REGISTRY:
+                raise ValueError(f"the checkpoint holds lessons for unknown objective {name!r}")
+            self.queues[name] = deque((from_row(row) for row in rows), maxlen=self.capacity)
 
 
-def _messages(rows: list[dict[str, str]]) -> tuple[dict[str, str], ...]:
-    return tuple(dict(m) for m in rows)
-
-
-def _opd(row: dict[str, Any]) -> OPDExample:
+def from_row(row: dict[str, Any]) -> Lesson:
+    """A JSON row (as `state` writes it) back to its frozen `Lesson`."""
     t = row["teacher"]
-    teacher = TokenScores(logprobs=tuple(t["logprobs"]), topk_ids=tuple(map(tuple, t["topk_ids"])),
-                          topk_logprobs=tuple(map(tuple, t["topk_logprobs"])))
-    return OPDExample(**row | {"prompt": _messages(row["prompt"]), "completion_ids": tuple(row["completion_ids"]),
-                               "behavior_logprobs": tuple(row["behavior_logprobs"]), "teacher": teacher})
-
-
-RECORDS = {  # JSON rows (as `state` writes them) back to the frozen lesson records
-    "sft": lambda row: SFTExample(**row | {"prompt": _messages(row["prompt"])}),
-    "dpo": lambda row: PreferencePair(**row | {"prompt": _messages(row["prompt"])}),
-    "opd": _opd,
-}
+    teacher = None if t is None else TokenScores(logprobs=tuple(t["logprobs"]), topk_ids=tuple(map(tuple, t["topk_ids"])),
+                                                 topk_logprobs=tuple(map(tuple, t["topk_logprobs"])))
+    sequences = ("prompt_ids", "target_ids", "token_weights", "rejected_ids", "behavior_logprobs")
+    return Lesson(**row | {name: tuple(row[name]) for name in sequences} | {"teacher": teacher})

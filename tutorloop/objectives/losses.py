@@ -1,4 +1,5 @@
-"""Loss building blocks for the online trainer: SFT (F1), DPO (F3), GKD-style JSD (F2) and OPD (F6).
+"""Loss building blocks for the online trainer: SFT (F1), DPO / IPO / RPO (F3), REDI (F4) and
+GKD-style JSD (F2); the policy-gradient losses (F5, F6) are in pg_losses.py.
 
 Pure functions on tensors: no modules, no config, no reduction to a mean. Token-level objectives
 return SUMS over valid units; the trainer divides each objective by its own global unit count
@@ -10,12 +11,11 @@ K1 = K + 1 (top-k plus one tail bucket), N flattened positions. Equation numbers
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "opd")
-"""Objective names the trainer knows how to build a loss for."""
 
 IGNORE_INDEX = -100
 """Label value that carries no loss (the transformers / TRL convention)."""
@@ -139,6 +139,32 @@ def dpo_loss(
     (label_smoothing 0, f_divergence_type "reverse_kl")."""
     logits_B = (policy_chosen_logp_B - ref_chosen_logp_B) - (policy_rejected_logp_B - ref_rejected_logp_B)
     return -F.logsigmoid(beta * logits_B)
+
+
+def ipo_loss(policy_chosen_logp_B: Tensor, policy_rejected_logp_B: Tensor, ref_chosen_logp_B: Tensor,
+             ref_rejected_logp_B: Tensor, chosen_len_B: Tensor, rejected_len_B: Tensor, *, beta: float) -> Tensor:
+    """IPO per pair, Eq. 17 of Azar et al. 2023 with TRL 1.16's per-token averaging (`DPOTrainer.
+    _compute_loss`, loss_type "ipo", confirmed with the IPO authors there):
+    loss_B = (h_B - 1 / (2 beta))^2, h = (chosen log-ratio) / |y_w| - (rejected log-ratio) / |y_l|."""
+    chosen_B = (policy_chosen_logp_B - ref_chosen_logp_B) / chosen_len_B.clamp(min=1)
+    rejected_B = (policy_rejected_logp_B - ref_rejected_logp_B) / rejected_len_B.clamp(min=1)
+    return (chosen_B - rejected_B - 1 / (2 * beta)).square()
+
+
+def rpo_nll(policy_chosen_logp_B: Tensor, chosen_len_B: Tensor) -> Tensor:
+    """RPO's stabilizer per pair (Pang et al. 2024; METHODS F3 `c_nll`): the chosen side's mean
+    token NLL, -log pi(y_w | x) / |y_w|. TRL 1.16 adds the same term as loss_type "sft", averaged
+    over the batch's chosen tokens instead: equal when the chosen lengths are."""
+    return -policy_chosen_logp_B / chosen_len_B.clamp(min=1)
+
+
+def redi_loss(policy_chosen_logp_B: Tensor, policy_rejected_logp_B: Tensor, chosen_len_B: Tensor,
+              rejected_len_B: Tensor, *, alpha: float) -> Tensor:
+    """REDI per pair (Xu et al. 2025 Eq. 5; METHODS F4; Tim-Siu/reinforcement-distillation
+    dpo2_trainer.py loss_type "reinforce"): reference-free and asymmetric,
+    loss_B = -log pi(y_w | x) / |y_w| + alpha * log pi(y_l | x) / |y_l|."""
+    return (-policy_chosen_logp_B / chosen_len_B.clamp(min=1)
+            + alpha * policy_rejected_logp_B / rejected_len_B.clamp(min=1))
 
 
 def dpo_rewards(
@@ -273,58 +299,43 @@ def opd_jsd_sum(
     beta: float,
     temperature: float = 1.0,
 ) -> Tensor:
-    """Supervised OPD / GKD numerator: sum_t m_t * JSD_beta(p_T || p_S) at position t (METHODS F2,
-    GKD Eq. 1), over the teacher's top-k + tail support. Student p_S = softmax(z / tau).
+    """KD / GKD numerator: sum_t m_t * JSD_beta(p_T^tau || p_S^tau) at position t (METHODS F2, GKD
+    Eq. 1) over the teacher's top-k + tail support, temperature applied to both sides alike
+    (TRL `generalized_jsd_loss` tempers both logits): see `temper_buckets`.
 
-    The teacher log-probs are used as given: with served top-k there are no teacher logits to
-    rescale, so score the teacher at the temperature wanted (tau = 1 for KD/OPD, METHODS 4.11.5).
-    Only masked positions are normalized (in float32), so padding costs no [*, V] memory, and
-    only the K listed log-probs are formed (z_k - logsumexp(z), no [N, V] log-softmax).
-    Returns a scalar; the caller divides by the global count of masked positions (TRL GKD
-    "batchmean" with labels == sum / number of unmasked tokens).
+    Teacher log-probs are the scorer's at tau = 1 (METHODS 4.11.5). Only masked positions are
+    normalized (in float32), and only the K listed log-probs are formed (z_k - logsumexp(z), no
+    [N, V] log-softmax). Returns a scalar; the caller divides by the global count of masked
+    positions (TRL GKD "batchmean" with labels == sum / number of unmasked tokens).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     keep_B_T = mask_B_T != 0
     logits_N_V = student_logits_B_T_V[keep_B_T].float()
-    if temperature != 1.0:
-        logits_N_V = logits_N_V / temperature
     teacher_topk_logp_N_K = teacher_topk_logp_B_T_K[keep_B_T].float()
     pad_N_K, safe_ids_N_K = _topk_padding(teacher_topk_ids_B_T_K[keep_B_T], teacher_topk_logp_N_K)
     student_topk_N_K = logits_N_V.gather(-1, safe_ids_N_K) - torch.logsumexp(logits_N_V, dim=-1, keepdim=True)
     student_N_K1, teacher_N_K1 = _with_tail(student_topk_N_K, teacher_topk_logp_N_K, pad_N_K)
+    student_N_K1, teacher_N_K1 = temper_buckets(student_N_K1, teacher_N_K1, temperature)
     jsd_N = generalized_jsd(student_N_K1, teacher_N_K1, beta=beta)
     return (jsd_N * mask_B_T[keep_B_T].to(jsd_N.dtype)).sum()
 
 
-# --------------------------------------------------------------------------------------------- #
-# F6: OPD as policy gradient
-# --------------------------------------------------------------------------------------------- #
+def temper_buckets(student_N_K1: Tensor, teacher_N_K1: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Both bucket distributions at temperature tau: log_softmax(log q / tau), the tail as one bucket.
 
-
-def opd_pg_sum(
-    student_logp_B_T: Tensor, behavior_logp_B_T: Tensor, teacher_logp_B_T: Tensor, mask_B_T: Tensor
-) -> tuple[Tensor, Tensor]:
-    """On-policy distillation as policy gradient (METHODS F6; tinker-cookbook
-    `distillation/train_on_policy.py::incorporate_kl_penalty` with kl_penalty_coef 1 and no
-    discount, trained with tinker's "importance_sampling" loss):
-
-        A_t     = sg(log pi_T(y_t) - log pi_old(y_t))     (negative per-token reverse-KL sample)
-        rho_t   = exp(log pi_theta(y_t) - sg(log pi_old(y_t)))
-        loss    = -sum_t m_t * rho_t * A_t
-
-    Returns (loss_sum, kl_sum) where kl_sum = sum_t m_t (log pi_old - log pi_T), the k1 estimate
-    of KL(pi_old || pi_T), detached, for logging. At rho = 1 the gradient w.r.t. log pi_theta(y_t)
-    is -m_t * A_t; with teacher == behaviour, A = 0 and the loss is exactly 0.
+    Served top-k gives no teacher logits outside the k, so the student is tempered the same way
+    over the same buckets: student = teacher gives 0 for any k. Where the k cover the vocabulary
+    (both tails at the clamp floor) the tails are dropped, and this is exactly TRL's dense
+    log_softmax(z / tau) on both sides, since log_softmax(log_softmax(z) / tau) = log_softmax(z / tau).
     """
-    # Zero the log-probs off the mask first: padding may hold -inf, and exp(-inf - -inf) = NaN
-    # would reach the gradient through the product even though the sum masks it out.
-    keep_B_T = mask_B_T != 0
-    student_logp_B_T = torch.where(keep_B_T, student_logp_B_T, torch.zeros_like(student_logp_B_T))
-    behavior_logp_B_T = torch.where(keep_B_T, behavior_logp_B_T, torch.zeros_like(behavior_logp_B_T)).detach()
-    teacher_logp_B_T = torch.where(keep_B_T, teacher_logp_B_T, torch.zeros_like(teacher_logp_B_T))
-    advantage_B_T = (teacher_logp_B_T - behavior_logp_B_T).detach()
-    ratio_B_T = torch.exp(student_logp_B_T - behavior_logp_B_T)
-    loss_sum = -_masked(ratio_B_T * advantage_B_T, mask_B_T).sum()
-    kl_sum = _masked(-advantage_B_T, mask_B_T).sum()
-    return loss_sum, kl_sum
+    if temperature == 1.0:
+        return student_N_K1, teacher_N_K1
+    floor = math.log(-math.expm1(_TAIL_LOG_MASS_MAX)) + 1e-3
+    exhausted_N_1 = (student_N_K1[:, -1:] <= floor) & (teacher_N_K1[:, -1:] <= floor)
+
+    def temper(log_q_N_K1: Tensor) -> Tensor:
+        tail_N_1 = log_q_N_K1[:, -1:].masked_fill(exhausted_N_1, float("-inf"))
+        return F.log_softmax(torch.cat([log_q_N_K1[:, :-1], tail_N_1], dim=-1) / temperature, dim=-1)
+
+    return temper(student_N_K1), temper(teacher_N_K1)

@@ -1,0 +1,267 @@
+"""The objective registry: each objective's loss, unit, lesson record, needs and parameter model.
+
+The trainer, the lesson buffer, the data-parallel unit counts and config validation all read this
+table; outside it only configs, lesson construction in envs and tests spell an objective's name
+(ARCHITECTURE §7). Adding an objective costs its loss and one `register` call.
+
+A loss takes the tensors the trainer computed for one micro-batch (`TokenInputs` or `PairInputs`)
+and the objective's parameters, and returns (loss_sum, metric_sums): sums over the objective's
+units, which the trainer divides by the unit count of the whole step (METHODS §4.6 mixer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:  # config reads this registry, and `import tutorloop.config` must not load torch
+    from torch import Tensor
+
+Unit = Literal["tokens", "pairs", "sequences"]
+
+
+class Params(BaseModel):
+    """Every objective's parameters start with its weight in the mix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    """Scale of this objective after its own unit normalization; 0 skips its forward pass."""
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the loss reads the frozen initial policy (LoRA: adapters off; else a copy)."""
+        return False
+
+
+class DPOParams(Params):
+    beta: float = Field(0.1, gt=0.0, allow_inf_nan=False)
+    """DPO's inverse temperature (Rafailov et al. 2023); IPO's 1/(2 tau) target margin's tau."""
+    loss_type: Literal["sigmoid", "ipo", "rpo"] = "sigmoid"
+    """`sigmoid` (F3), `ipo` (Azar et al. 2023) or `rpo`: sigmoid plus c_nll * NLL(chosen)."""
+    c_nll: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    """rpo only: weight of the chosen side's per-token NLL (TRL's `rpo_alpha`)."""
+
+    @property
+    def uses_reference(self) -> bool:
+        return True
+
+
+class RediParams(Params):
+    alpha: float = Field(0.8, ge=0.0, le=1.0)
+    """Weight of the rejected side's length-normalized log-prob (REDI, METHODS F4)."""
+
+
+class KDParams(Params):
+    beta: float = Field(0.5, ge=0.0, le=1.0)
+    """Generalized-JSD interpolation: 0 = forward KL(teacher||student), 1 = reverse KL (TRL GKD)."""
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    """Applied to the teacher's and the student's distributions alike (TRL GKD)."""
+    top_k: int = Field(20, ge=1, le=1024)
+    """Teacher log-probs kept per position; the rest of both distributions goes to one tail bucket."""
+
+
+class OPDPGParams(Params):
+    clip_low: float = Field(0.2, ge=0.0, le=1.0)
+    """PPO clip below: the ratio is clipped to [1 - clip_low, 1 + clip_high]."""
+    clip_high: float = Field(0.2, ge=0.0, allow_inf_nan=False)
+    """PPO clip above (DAPO's clip-higher when larger than clip_low)."""
+
+
+class PGParams(OPDPGParams):
+    kl_coef: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    """Coefficient of the per-token KL estimate to the reference policy; 0 reads no reference."""
+    kl_estimator: Literal["k2", "k3"] = "k3"
+    """Per-token KL(pi_theta || pi_ref) estimator (METHODS F6; Schulman's k2, k3)."""
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_coef > 0
+
+
+@dataclass(frozen=True)
+class TokenInputs:
+    """One micro-batch of token- or sequence-unit lessons, right-aligned as `forward_targets` gives.
+    `mask_B_T` is the per-token weight times the lesson weight (0 on padding). Optional fields are
+    filled when the objective `needs` them."""
+
+    logits_B_T_V: Tensor
+    logp_B_T: Tensor
+    mask_B_T: Tensor
+    teacher_logp_B_T: Tensor | None = None
+    teacher_topk_ids_B_T_K: Tensor | None = None
+    teacher_topk_logp_B_T_K: Tensor | None = None
+    behavior_logp_B_T: Tensor | None = None
+    advantage_B: Tensor | None = None
+    ref_logp_B_T: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """One micro-batch of pairs: summed completion log-probs, target lengths and lesson weights."""
+
+    chosen_logp_B: Tensor
+    rejected_logp_B: Tensor
+    chosen_len_B: Tensor
+    rejected_len_B: Tensor
+    weight_B: Tensor
+    ref_chosen_logp_B: Tensor | None = None
+    ref_rejected_logp_B: Tensor | None = None
+
+
+Loss = Callable[[Any, Any], "tuple[Tensor, dict[str, Tensor]]"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    loss: Loss
+    unit: Unit
+    params: type[Params] = Params
+    needs: frozenset[str] = frozenset()
+    """`Lesson` fields it reads beyond prompt and target: rejected_ids, teacher_scores,
+    behavior_logprobs, advantage."""
+    on_policy: bool = False
+    """Its lessons are the policy's own samples: the buffer drops them once stale."""
+    untempered_sampling: bool = False
+    """The policy must sample at temperature 1 and top_p 1 (its log-probs are the sampler's)."""
+
+
+REGISTRY: dict[str, Objective] = {}
+
+
+def register(objective: Objective) -> Objective:
+    REGISTRY[objective.name] = objective
+    return objective
+
+
+def parse(raw: Mapping[str, Any]) -> dict[str, Params]:
+    """`trainer.objectives` as written (a bare number is the weight) -> validated parameters.
+    Errors are one line naming the objective and its field."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"expected a mapping of objective names, got {raw!r}")
+    out = {}
+    for name, value in raw.items():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown objective {name!r}; known: {sorted(REGISTRY)}")
+        if isinstance(value, Params):
+            out[name] = value
+            continue
+        spec = {"weight": value} if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        try:
+            out[name] = REGISTRY[name].params.model_validate(spec)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            got = f" (got {err['input']!r})" if not isinstance(err.get("input"), (dict, list)) else ""
+            raise ValueError(f"{name}{'.' + field if field else ''}: {err['msg']}{got}") from None
+    if not any(p.weight > 0 for p in out.values()):
+        raise ValueError("at least one objective needs a weight > 0")
+    return out
+
+
+def active(objectives: Mapping[str, Params]) -> dict[str, Params]:
+    return {name: p for name, p in objectives.items() if p.weight > 0}
+
+
+def needing(objectives: Mapping[str, Params], need: str) -> list[str]:
+    """Names of the active objectives that read lesson field `need`."""
+    return [name for name in active(objectives) if need in REGISTRY[name].needs]
+
+
+def teacher_top_k(objectives: Mapping[str, Params]) -> int:
+    """How many top-k log-probs the teacher must score per token; 0: no objective reads teacher
+    scores. One where only the sampled token's log-prob is read (the scorer's minimum)."""
+    return max((getattr(p, "top_k", 1) for name, p in active(objectives).items()
+                if "teacher_scores" in REGISTRY[name].needs), default=0)
+
+
+def unit_count(name: str, targets: list[int]) -> int:
+    """`targets`: each lesson's trained target length (a pair: its chosen length)."""
+    return sum(targets) if REGISTRY[name].unit == "tokens" else len(targets)
+
+
+# --------------------------------------------------------------------------------------------- #
+# The objectives
+# --------------------------------------------------------------------------------------------- #
+
+
+def _sft(x: TokenInputs, p: Params) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.objectives import losses
+
+    return losses.sft_nll_sum(x.logp_B_T, x.mask_B_T), {}
+
+
+def _kd(x: TokenInputs, p: KDParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.objectives import losses
+
+    assert x.teacher_topk_ids_B_T_K is not None and x.teacher_topk_logp_B_T_K is not None
+    loss = losses.opd_jsd_sum(x.logits_B_T_V, x.teacher_topk_ids_B_T_K, x.teacher_topk_logp_B_T_K, x.mask_B_T,
+                              beta=p.beta, temperature=p.temperature)
+    return loss, {"kl/teacher_student": _k1_to_teacher(x)}
+
+
+def _k1_to_teacher(x: TokenInputs) -> Tensor:
+    """k1 estimate of KL(student || teacher) on the student's own samples, for logging."""
+    assert x.teacher_logp_B_T is not None
+    return ((x.logp_B_T.detach() - x.teacher_logp_B_T) * (x.mask_B_T != 0)).sum()
+
+
+def _opd_pg(x: TokenInputs, p: OPDPGParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.objectives import pg_losses
+
+    assert x.behavior_logp_B_T is not None and x.teacher_logp_B_T is not None
+    loss, kl = pg_losses.opd_pg_sum(x.logp_B_T, x.behavior_logp_B_T, x.teacher_logp_B_T, x.mask_B_T,
+                                    clip_low=p.clip_low, clip_high=p.clip_high)
+    return loss, {"kl/teacher_student": kl}
+
+
+def _pg(x: TokenInputs, p: PGParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.objectives import pg_losses
+
+    assert x.behavior_logp_B_T is not None and x.advantage_B is not None
+    advantage_B_T = x.advantage_B.unsqueeze(-1).expand_as(x.logp_B_T)
+    loss, clipped = pg_losses.clipped_pg_sum(x.logp_B_T, x.behavior_logp_B_T, advantage_B_T, x.mask_B_T,
+                                             clip_low=p.clip_low, clip_high=p.clip_high)
+    metrics = {"clipped_tokens": clipped}
+    if p.kl_coef > 0:
+        assert x.ref_logp_B_T is not None
+        kl = pg_losses.kl_estimate_sum(x.logp_B_T, x.ref_logp_B_T, x.mask_B_T, estimator=p.kl_estimator)
+        loss = loss + p.kl_coef * kl
+        metrics["kl_ref"] = kl.detach()
+    return loss, metrics
+
+
+def _dpo(x: PairInputs, p: DPOParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.objectives import losses
+
+    assert x.ref_chosen_logp_B is not None and x.ref_rejected_logp_B is not None
+    logps = (x.chosen_logp_B, x.rejected_logp_B, x.ref_chosen_logp_B, x.ref_rejected_logp_B)
+    if p.loss_type == "ipo":
+        loss_B = losses.ipo_loss(*logps, x.chosen_len_B, x.rejected_len_B, beta=p.beta)
+    else:
+        loss_B = losses.dpo_loss(*logps, beta=p.beta)
+    if p.loss_type == "rpo":
+        loss_B = loss_B + p.c_nll * losses.rpo_nll(x.chosen_logp_B, x.chosen_len_B)
+    chosen_B, rejected_B = losses.dpo_rewards(*logps, beta=p.beta)
+    metrics = {"margin": (chosen_B - rejected_B).sum(), "accuracy": (chosen_B > rejected_B).float().sum(),
+               "chosen_logp": x.chosen_logp_B.detach().sum(), "rejected_logp": x.rejected_logp_B.detach().sum()}
+    return (x.weight_B * loss_B).sum(), metrics
+
+
+def _redi(x: PairInputs, p: RediParams) -> tuple[Tensor, dict[str, Tensor]]:
+    from tutorloop.objectives import losses
+
+    loss_B = losses.redi_loss(x.chosen_logp_B, x.rejected_logp_B, x.chosen_len_B, x.rejected_len_B, alpha=p.alpha)
+    return (x.weight_B * loss_B).sum(), {"chosen_logp": x.chosen_logp_B.detach().sum(),
+                                         "rejected_logp": x.rejected_logp_B.detach().sum()}
+
+
+register(Objective("sft", _sft, "tokens"))
+register(Objective("dpo", _dpo, "pairs", DPOParams, frozenset({"rejected_ids"})))
+register(Objective("redi", _redi, "pairs", RediParams, frozenset({"rejected_ids"})))
+register(Objective("kd", _kd, "tokens", KDParams, frozenset({"teacher_scores"}), on_policy=True))
+register(Objective("opd_pg", _opd_pg, "tokens", OPDPGParams, frozenset({"teacher_scores", "behavior_logprobs"}),
+                   on_policy=True, untempered_sampling=True))
+register(Objective("pg", _pg, "tokens", PGParams, frozenset({"behavior_logprobs", "advantage"}), on_policy=True))
