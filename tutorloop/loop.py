@@ -10,15 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from tutorloop.agents import build_agents, build_generators
+from tutorloop.agents import build_agents, check_models
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
-from tutorloop.envs import TutoringEnv
-from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.envs import build_env
 from tutorloop.errors import UserError
 from tutorloop.evaluation import greedy_accuracy
-from tutorloop.graders import verify
-from tutorloop.metrics import RunLog, episode_metrics
+from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.tasks import build_tasks
 from tutorloop.trainers import build_trainer, lora_kwargs
@@ -37,13 +35,12 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
                         max_prompt_chars=cfg.tasks.max_prompt_chars, split=cfg.tasks.split,
                         question_field=cfg.tasks.question_field, answer_field=cfg.tasks.answer_field)
     runtime = build_runtime(cfg.runtime)
-    generators = build_generators(runtime, cfg, lora_kwargs(cfg))
-    agents = build_agents(cfg, generators)
+    check_models(cfg, tuple(cfg.agents))
+    agents = build_agents(runtime, cfg.agents, trained=cfg.trainable, seed=cfg.seed, lora=lora_kwargs(cfg))
+    generators = {name: agent.generator for name, agent in agents.items()}
+    student = generators[cfg.trainable]
     trainer = build_trainer(runtime, cfg)
-    objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
-    env = TutoringEnv(verify, max_rounds=cfg.env.max_rounds,
-                      score_top_k=cfg.trainer.opd.top_k if "opd" in objectives else 0,
-                      max_reply_chars=cfg.env.max_reply_chars)
+    env = build_env(cfg)
     buffer = LessonBuffer(cfg.loop.buffer_size)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
                  first_round=saved.progress.rounds_done if saved else 0, wandb_id=saved.wandb_id if saved else None)
@@ -56,27 +53,27 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
         began = time.perf_counter()
         problems_P = tasks.sample(cfg.loop.problems_per_round, r)
         episodes_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
-                                        resync=lambda: sync_weights(trainer, generators["student"]), log=log)
+                                        resync=lambda: sync_weights(trainer, student), log=log)
         episode_seconds = time.perf_counter() - began
-        buffer.add(to_train_batch(episodes_P, verify, objectives=objectives), version)
+        buffer.add(env.lessons(episodes_P), version)
         batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
                             max_per_kind=cfg.loop.max_lessons_per_step)
         metrics = await trainer.step(batch)
-        version = await sync_weights(trainer, generators["student"])  # next round samples the new policy
+        version = await sync_weights(trainer, student)  # next round samples the new policy
         metrics |= await generation_metrics(generators) | {"buffer/dropped_stale": float(buffer.dropped_stale)}
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
         train_seconds += timing["round/seconds"]
         if cfg.eval.every and (r + 1) % cfg.eval.every == 0 and r + 1 < cfg.loop.rounds:  # accuracy over time
-            metrics |= await evaluate(generators["student"], tasks, cfg, f"round {r}", log, key="eval/accuracy")
+            metrics |= await evaluate(student, tasks, cfg, f"round {r}", log, key="eval/accuracy")
         metrics["time/train_seconds"] = train_seconds
-        log.write(r, episode_metrics(episodes_P) | metrics | timing, episodes_P)
+        log.write(r, env.metrics(episodes_P) | metrics | timing, episodes_P)
         progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
             await store.save(progress, trainer=trainer, generators=generators, buffer=buffer,
                              wandb_id=log.wandb_id, config=config_dict(cfg))
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
-        summary |= await evaluate(generators["student"], tasks, cfg, "after", log)
+        summary |= await evaluate(student, tasks, cfg, "after", log)
     await save_model(trainer, run_dir / "student")
     log.note(f"student saved to {run_dir / 'student'}")
     log.finish(summary)
@@ -89,8 +86,8 @@ async def start(saved: Checkpoint | None, cfg: RunConfig, tasks: Any, log: RunLo
     """Where the rounds begin: the checkpoint's state restored, or round 0 after the eval before."""
     if saved is not None:
         log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
-        return await restore(saved, trainer=trainer, generators=generators, buffer=buffer)
-    before = await evaluate(generators["student"], tasks, cfg, "before", log) if cfg.eval.before else {}
+        return await restore(saved, trainer=trainer, generators=generators, buffer=buffer, trained=cfg.trainable)
+    before = await evaluate(generators[cfg.trainable], tasks, cfg, "before", log) if cfg.eval.before else {}
     return Progress(summary=before)
 
 

@@ -9,17 +9,14 @@ OnlineTrainer, and the lessons come from dialogues (`to_tutor_batch`) instead of
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Any
 
-from tutorloop.agents import TutorAgent, build_dialogue_agents, build_generators
+from tutorloop.agents import build_agents, check_models
 from tutorloop.checkpoint import save_model
-from tutorloop.config import RunConfig, config_dict
+from tutorloop.config import DialogueEnvConfig, RunConfig, config_dict
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.mathdial import load_mathdial
-from tutorloop.envs.to_examples import to_tutor_batch
-from tutorloop.envs.tutoring_metrics import dialogue_metrics
 from tutorloop.errors import UserError
 from tutorloop.loop import generation_metrics, note_threads, prepare_run_dir, run_episodes, seed_everything
 from tutorloop.metrics import RunLog
@@ -40,18 +37,19 @@ TABLE_COLUMNS = (("round", "round", "{:.0f}"),
 
 
 async def run(cfg: RunConfig) -> dict[str, float]:
-    assert cfg.dialogue is not None, "a tutoring run needs a `dialogue` section"
+    assert isinstance(cfg.env, DialogueEnvConfig), "a tutoring run needs `env: {name: dialogue}`"
     seed_everything(cfg.seed)
     run_dir = prepare_run_dir(cfg.run_dir)
     tasks = build_students(cfg)
     runtime = build_runtime(cfg.runtime)
-    generators = build_generators(runtime, cfg, lora_kwargs(cfg))
-    agents = build_dialogue_agents(cfg, generators)
+    check_models(cfg, tuple(cfg.agents))
+    agents = build_agents(runtime, cfg.agents, trained=cfg.trainable, seed=cfg.seed, lora=lora_kwargs(cfg))
+    generators = {name: agent.generator for name, agent in agents.items()}
+    tutor = generators[cfg.trainable]
     trainer = build_trainer(runtime, cfg)
-    objectives = {name for name, weight in cfg.trainer.weights.items() if weight > 0}
-    env = DialogueEnv(max_turns=cfg.dialogue.max_turns, telling_penalty=cfg.dialogue.telling_penalty)
+    env = DialogueEnv.from_config(cfg)
     buffer = LessonBuffer(cfg.loop.buffer_size)
-    buffer.add(to_tutor_batch(recorded_dialogues(cfg, tasks), objectives=objectives), 0)
+    buffer.add(env.lessons(recorded_dialogues(cfg, tasks)), 0)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
                  columns=TABLE_COLUMNS)
     await note_threads(runtime, log)
@@ -63,16 +61,16 @@ async def run(cfg: RunConfig) -> dict[str, float]:
         began = time.perf_counter()
         problems_P = tasks.sample(cfg.loop.problems_per_round, r)
         dialogues_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
-                                         resync=lambda: sync_weights(trainer, generators["tutor"]), log=log)
+                                         resync=lambda: sync_weights(trainer, tutor), log=log)
         dialogue_seconds = time.perf_counter() - began
-        buffer.add(to_tutor_batch(dialogues_P, objectives=objectives), version)
+        buffer.add(env.lessons(dialogues_P), version)
         batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
                             max_per_kind=cfg.loop.max_lessons_per_step)
         metrics = await trainer.step(batch)
-        version = await sync_weights(trainer, generators["tutor"])  # next round's dialogues use the new tutor
+        version = await sync_weights(trainer, tutor)  # next round's dialogues use the new tutor
         metrics |= await generation_metrics(generators) | {"lessons/sft": len(batch.sft), "lessons/dpo": len(batch.dpo)}
         timing = {"round/seconds": time.perf_counter() - began, "round/dialogue_seconds": dialogue_seconds}
-        log.write(r, dialogue_metrics(dialogues_P) | metrics | timing, dialogues_P)
+        log.write(r, env.metrics(dialogues_P) | metrics | timing, dialogues_P)
     if cfg.eval.after and tasks.eval:
         summary |= await evaluate(env, agents, tasks, "after", log)
     await save_model(trainer, run_dir / "tutor")
@@ -86,7 +84,8 @@ def build_students(cfg: RunConfig) -> TaskPool:
     """The task pool, every problem with a simulated student: MathDial's own, or a planted mistake."""
     tasks = build_tasks(cfg.tasks.source, path=cfg.tasks.path, difficulty=cfg.tasks.difficulty,
                         num_train=cfg.tasks.num_train, num_eval=cfg.tasks.num_eval, seed=cfg.seed,
-                        max_prompt_chars=cfg.tasks.max_prompt_chars)
+                        max_prompt_chars=cfg.tasks.max_prompt_chars, split=cfg.tasks.split,
+                        question_field=cfg.tasks.question_field, answer_field=cfg.tasks.answer_field)
     train, eval_ = with_students(tasks.train, cfg.seed), with_students(tasks.eval, cfg.seed)
     if not train:
         raise UserError(f"tasks ({cfg.tasks.source}): no training problem has a recorded student or a reference "
@@ -96,19 +95,20 @@ def build_students(cfg: RunConfig) -> TaskPool:
 
 def recorded_dialogues(cfg: RunConfig, tasks: TaskPool) -> list[Episode]:
     """MathDial's recorded dialogues of the training problems (never of the held-out ones)."""
-    if cfg.tasks.source != "mathdial" or not (cfg.dialogue and cfg.dialogue.recorded_dialogues):
+    env = cfg.env
+    if cfg.tasks.source != "mathdial" or not isinstance(env, DialogueEnvConfig) or not env.recorded_dialogues:
         return []
     train_ids = {p.id for p in tasks.train}
-    data = load_mathdial(cfg.tasks.path or "", telling_penalty=cfg.dialogue.telling_penalty)
+    data = load_mathdial(cfg.tasks.path or "", telling_penalty=env.telling_penalty)
     return [d for d in data.dialogues if d.problem.id in train_ids]
 
 
 async def evaluate(env: DialogueEnv, agents: dict[str, Any], tasks: TaskPool, when: str, log: RunLog) -> dict[str, float]:
     """success@k / telling@k of the greedy tutor with every held-out student."""
-    tutor = agents["tutor"]
-    greedy = agents | {"tutor": TutorAgent(tutor.generator, dataclasses.replace(tutor.params, temperature=0.0))}
+    tutor = env.parts["tutor"]
+    greedy = agents | {tutor: agents[tutor].with_sampling(temperature=0.0)}
     dialogues = await asyncio.gather(*(env.run(p, greedy) for p in tasks.eval))
-    metrics = dialogue_metrics(dialogues, prefix=f"eval_{when}")
+    metrics = env.metrics(dialogues, prefix=f"eval_{when}")
     log.note(f"eval {when} training ({len(dialogues)} held-out students, greedy tutor): "
              + ", ".join(f"{m}@{k} {metrics[f'eval_{when}/{m}@{k}']:.2f}" for m in ("success", "telling") for k in (1, 3, 7)))
     return metrics

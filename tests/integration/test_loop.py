@@ -17,8 +17,9 @@ def tiny_config(tmp_path, student, teacher, **sections):
     raw = {
         "name": "tiny", "run_dir": str(tmp_path / "run"),
         "agents": {"student": {"model": str(student), "sampling": {"max_new_tokens": 12}},
-                   "teacher": {"model": str(teacher), "num_candidates": 2, "sampling": {"max_new_tokens": 12}},
+                   "teacher": {"model": str(teacher), "sampling": {"max_new_tokens": 12}},
                    "mentor": {"model": str(teacher), "sampling": {"max_new_tokens": 8}}},
+        "env": {"name": "correction", "num_candidates": 2},
         "tasks": {"num_train": 24, "num_eval": 4},
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                     "opd": {"top_k": 8}},
@@ -33,13 +34,14 @@ def tiny_config(tmp_path, student, teacher, **sections):
 
 def _capture_generators(monkeypatch):
     captured = {}
-    real = loop.build_generators
+    real = loop.build_agents
 
     def spy(*args, **kwargs):
-        captured.update(real(*args, **kwargs))
-        return captured
+        agents = real(*args, **kwargs)
+        captured.update({name: agent.generator for name, agent in agents.items()})
+        return agents
 
-    monkeypatch.setattr(loop, "build_generators", spy)
+    monkeypatch.setattr(loop, "build_agents", spy)
     return captured
 
 

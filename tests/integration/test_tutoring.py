@@ -32,11 +32,11 @@ def problems_file(tmp_path):
 def tutoring_config(tmp_path, tutor, student_replies=STUDENT, **sections):
     raw = {
         "name": "tiny-tutoring", "run_dir": str(tmp_path / "run"),
-        "agents": {"tutor": {"model": str(tutor), "num_candidates": 2, "sampling": {"max_new_tokens": 8}},
-                   "sim_student": {"generator": "scripted", "replies": list(student_replies)},
-                   "tagger": {"generator": "scripted", "replies": ["probing"]}},
+        "agents": {"tutor": {"model": str(tutor), "sampling": {"max_new_tokens": 8}},
+                   "sim_student": {"generator": {"kind": "scripted", "replies": list(student_replies)}},
+                   "tagger": {"generator": {"kind": "scripted", "replies": ["probing"]}}},
         "tasks": {"source": "jsonl", "path": str(problems_file(tmp_path)), "num_train": 0, "num_eval": 1},
-        "dialogue": {"max_turns": 3},
+        "env": {"name": "dialogue", "max_turns": 3, "num_candidates": 2},
         "trainer": {"lr": 1e-2, "weights": {"sft": 1.0, "dpo": 0.5, "opd": 0.0},
                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "loop": {"rounds": 2, "problems_per_round": 1},
@@ -117,7 +117,7 @@ def test_embedded_smollm2_tutoring_run(tmp_path):
     """configs/tutoring_default.yaml, cut to one short round: SmolLM2 tutor, student and tagger."""
     config = str(Path(__file__).resolve().parents[2] / "configs" / "tutoring_default.yaml")
     assert main(["run", config, f"run_dir={tmp_path / 'run'}", "loop.rounds=1", "loop.problems_per_round=2",
-                 "tasks.num_eval=1", "eval.before=false", "dialogue.max_turns=3", "log.wandb.mode=disabled"]) == 0
+                 "tasks.num_eval=1", "eval.before=false", "env.max_turns=3", "log.wandb.mode=disabled"]) == 0
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     success = [row[f"tutoring/success@{k}"] for k in range(1, 8)]
     telling = [row[f"tutoring/telling@{k}"] for k in range(1, 8)]

@@ -2,13 +2,12 @@
 
 import asyncio
 
-from tutorloop.agents.mentor import MentorAgent, redact_number
-from tutorloop.agents.student import StudentAgent
-from tutorloop.agents.teacher import TeacherAgent
+from tutorloop.agents import Agent
+from tutorloop.envs.correction import CorrectionEnv
+from tutorloop.envs.moves import redact_number
 from tutorloop.envs.to_examples import to_train_batch
-from tutorloop.envs.tutoring import TutoringEnv
 from tutorloop.generators.scripted import ScriptedGenerator
-from tutorloop.graders import contains_number, verify
+from tutorloop.graders import verify
 from tutorloop.types import Problem, SamplingParams, StopReason, TokenScores
 
 PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?", answer="29",
@@ -16,14 +15,13 @@ PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?
 PARAMS = SamplingParams()
 
 
-def _agents(student, teacher, mentor, k=1):
-    return {"student": StudentAgent(ScriptedGenerator(student), PARAMS),
-            "teacher": TeacherAgent(ScriptedGenerator(teacher), PARAMS, num_candidates=k, verify=verify),
-            "mentor": MentorAgent(ScriptedGenerator(mentor), PARAMS, contains_answer=contains_number)}
+def _agents(student, teacher, mentor):
+    return {name: Agent(name, ScriptedGenerator(replies), PARAMS)
+            for name, replies in (("student", student), ("teacher", teacher), ("mentor", mentor))}
 
 
-def _run(agents, max_rounds=1):
-    return asyncio.run(TutoringEnv(verify, max_rounds=max_rounds).run(PROBLEM, agents))
+def _run(agents, max_rounds=1, k=1):
+    return asyncio.run(CorrectionEnv(max_rounds=max_rounds, num_candidates=k).run(PROBLEM, agents))
 
 
 def test_wrong_attempt_gets_correction_feedback_and_revision():
@@ -48,8 +46,8 @@ def test_right_first_try_ends_at_once():
 
 def test_teacher_keeps_the_first_verified_candidate():
     agents = _agents(["The answer is 11."], ["Mistake: a\nSolution: The answer is 12.",
-                                             "Mistake: b\nSolution: 6 + 23 = 29. The answer is 29."], ["hint"], k=2)
-    episode = _run(agents)
+                                             "Mistake: b\nSolution: 6 + 23 = 29. The answer is 29."], ["hint"])
+    episode = _run(agents, k=2)
     correction = episode.turns[1]
     assert correction.correct and correction.provenance == "model" and "Mistake: b" in correction.text
 
@@ -74,7 +72,7 @@ def test_unverified_text_never_becomes_a_target():
     wrong_everything = _agents(["The answer is 11.", "The answer is 12."], ["Solution: The answer is 30."],
                                ["hint"])
     problem_without_reference = Problem(id="p2", prompt=PROBLEM.prompt, answer="29")
-    episode = asyncio.run(TutoringEnv(verify, max_rounds=1).run(problem_without_reference, wrong_everything))
+    episode = asyncio.run(CorrectionEnv(max_rounds=1).run(problem_without_reference, wrong_everything))
     batch = to_train_batch([episode], verify, objectives={"sft", "dpo", "opd"})
     assert batch.sft == () and batch.dpo == ()
 
@@ -111,8 +109,11 @@ def test_opd_lessons_carry_tokens_scores_and_version():
 
 
 def test_agents_satisfy_the_protocol():
-    from tutorloop.agents.protocol import Agent, Generator
+    from tutorloop.agents.protocol import AgentHandle, Generator
+    from tutorloop.envs import ENVS, Env
 
     agents = _agents(["a"], ["b"], ["c"])
-    assert all(isinstance(a, Agent) for a in agents.values())
+    assert all(isinstance(a, AgentHandle) for a in agents.values())
+    assert all(isinstance(cls(max_rounds=1) if name == "correction" else cls(max_turns=1, telling_penalty=0.0), Env)
+               for name, cls in ENVS.items())
     assert isinstance(ScriptedGenerator(["a"]), Generator)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.agents.prompts import privileged, student_attempt, student_revision
+from tutorloop.envs.prompts import privileged, student_attempt, student_revision
 from tutorloop.errors import UserError
 from tutorloop.evaluation import evaluate, greedy_accuracy, pass_at_k, result_record, stop_regex
 from tutorloop.generators.scripted import ScriptedGenerator

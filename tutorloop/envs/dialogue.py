@@ -1,4 +1,4 @@
-"""DialogueEnv: a MathDial tutoring dialogue between a tutor and a simulated student.
+"""The dialogue env: a MathDial tutoring dialogue between a tutor and a simulated student.
 
 The tutor opens with a fixed "walk me through your solution" (MathDial's own opening, so every
 tutor is measured from the same start), the student explains its wrong solution, and then the
@@ -6,60 +6,84 @@ tutor and the student alternate for up to `max_turns` student replies. A tagger 
 turn with a move. The dialogue ends early once the student states the gold answer: success@k and
 telling@k cannot change after that turn (tutoring_metrics), so the rest would be wasted compute.
 
-An agent ends the dialogue by returning a turn of kind "quit" (a person who typed /quit or closed
-the input); that turn is not part of the transcript.
+A person may play either side (`chat.py`); a reply of theirs with finish_reason "quit" (/quit or
+closed input) ends the dialogue and is not part of the transcript.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping
 
-from tutorloop.agents import prompts
-from tutorloop.envs.tutoring_metrics import dialogue_rewards
+from tutorloop.agents.protocol import AgentHandle
+from tutorloop.config import DialogueEnvConfig, RunConfig
+from tutorloop.envs import moves, prompts
+from tutorloop.envs.to_examples import to_tutor_batch
+from tutorloop.envs.tutoring_metrics import dialogue_metrics, dialogue_rewards
 from tutorloop.graders import contains_number
-from tutorloop.types import Episode, Problem, Role, StopReason, Turn
+from tutorloop.types import Episode, Problem, StopReason, TrainBatch, Turn
 
 
 class DialogueEnv:
-    def __init__(self, *, max_turns: int, telling_penalty: float) -> None:
-        """max_turns: student replies after its opening explanation (MathDial's k);
-        telling_penalty: λ in the per-dialogue reward success − λ·telling."""
-        self.max_turns, self.telling_penalty = max_turns, telling_penalty
+    def __init__(self, parts: Mapping[str, str] | None = None, *, max_turns: int, telling_penalty: float,
+                 num_candidates: int = 1, objectives: frozenset[str] = frozenset({"sft", "dpo"}),
+                 on_turn: Callable[[Problem, Turn], None] | None = None) -> None:
+        """parts: part (tutor, sim_student, tagger) → agent name (default: the part's own name).
+        max_turns: student replies after its opening explanation (MathDial's k); telling_penalty: λ
+        in the per-dialogue reward success − λ·telling; on_turn: shown each turn as it is said."""
+        self.parts = dict(parts or {p: p for p in ("tutor", "sim_student", "tagger")})
+        self.max_turns, self.telling_penalty, self.num_candidates = max_turns, telling_penalty, num_candidates
+        self.objectives, self.on_turn = objectives, on_turn
 
-    async def run(self, problem: Problem, agents: Mapping[Role, Any]) -> Episode:
-        turns = [opening(problem)]
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> DialogueEnv:
+        env = cfg.env
+        assert isinstance(env, DialogueEnvConfig)
+        return cls(env.parts(), max_turns=env.max_turns, telling_penalty=env.telling_penalty,
+                   num_candidates=env.num_candidates,
+                   objectives=frozenset(name for name, weight in cfg.trainer.weights.items() if weight > 0))
+
+    async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
+        turns: list[Turn] = []
+        self._say(problem, turns, opening(problem))
         for reply in range(self.max_turns + 1):  # reply 0 is the student's explanation
             if reply > 0:
                 tutor = await self._tutor_turn(problem, agents, turns)
                 if tutor is None:
                     break
-                turns.append(tutor)
-            student = await self._student_turn(problem, agents, turns)
-            if student is None:
+                self._say(problem, turns, tutor)
+            student = await moves.student_says(agents[self.parts["sim_student"]], problem, tuple(turns))
+            if student.kind == "quit":
                 break
-            turns.append(student)
+            student = replace(student, correct=bool(problem.answer) and contains_number(student.text, problem.answer or ""))
+            self._say(problem, turns, student)
             if student.correct:  # nothing after this turn can change success@k or telling@k
                 break
         return self.episode(problem, turns)
 
-    async def _tutor_turn(self, problem: Problem, agents: Mapping[Role, Any], turns: list[Turn]) -> Turn | None:
-        tutor = await agents["tutor"].act(problem, tuple(turns))
-        if tutor.kind == "quit":
-            return None
-        tag = await agents["tagger"].act(problem, (*turns, tutor))
-        return replace(tutor, move=tag.move)
+    def lessons(self, episodes: Sequence[Episode]) -> TrainBatch:
+        """SFT on the tutor turns of successful dialogues without telling; DPO over telling alternatives."""
+        return to_tutor_batch(episodes, objectives=set(self.objectives))
 
-    async def _student_turn(self, problem: Problem, agents: Mapping[Role, Any], turns: list[Turn]) -> Turn | None:
-        student = await agents["sim_student"].act(problem, tuple(turns))
-        if student.kind == "quit":
-            return None
-        return replace(student, correct=bool(problem.answer) and contains_number(student.text, problem.answer or ""))
+    def metrics(self, episodes: Sequence[Episode], prefix: str = "tutoring") -> dict[str, float]:
+        return dialogue_metrics(episodes, prefix=prefix)
 
     def episode(self, problem: Problem, turns: list[Turn]) -> Episode:
         rewards = dialogue_rewards(turns, problem.answer, self.telling_penalty)
         return Episode(problem=problem, turns=tuple(turns), rewards=rewards,
                        stop=StopReason.SOLVED if rewards["success"] else StopReason.MAX_ROUNDS)
+
+    async def _tutor_turn(self, problem: Problem, agents: Mapping[str, AgentHandle], turns: list[Turn]) -> Turn | None:
+        tutor = await moves.tutor_says(agents[self.parts["tutor"]], problem, tuple(turns),
+                                       num_candidates=self.num_candidates)
+        if tutor.kind == "quit":
+            return None
+        return replace(tutor, move=await moves.tag(agents[self.parts["tagger"]], problem, tuple(turns), tutor))
+
+    def _say(self, problem: Problem, turns: list[Turn], turn: Turn) -> None:
+        turns.append(turn)
+        if self.on_turn is not None:
+            self.on_turn(problem, turn)
 
 
 def opening(problem: Problem) -> Turn:

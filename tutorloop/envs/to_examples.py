@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from tutorloop.agents.prompts import split_correction
+from tutorloop.envs.prompts import split_correction
 from tutorloop.types import Episode, OPDExample, PreferencePair, Problem, SFTExample, TrainBatch, Turn
 
 from tutorloop.envs.tutoring_metrics import outcome

@@ -1,0 +1,123 @@
+"""The correction env: attempt → verify → (teacher correction, mentor feedback, student revision →
+verify) for up to `max_rounds`, stopping as soon as the student is right.
+
+The env owns the control flow between agents and the verdicts; agents only talk. When on-policy
+distillation is on, the teacher scores every student attempt right after it is sampled, so the
+scores belong to the policy version that produced the tokens. Its config names the agent that
+plays each part (student, teacher, mentor); the student is the one that learns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from tutorloop.agents.protocol import AgentHandle
+from tutorloop.config import CorrectionEnvConfig, RunConfig
+from tutorloop.envs import moves
+from tutorloop.envs.prompts import split_correction
+from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.graders import undecodable, verify
+from tutorloop.types import Episode, Problem, StopReason, TrainBatch, Turn
+
+
+class CorrectionEnv:
+    def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
+                 max_reply_chars: int = 4000, score_top_k: int = 0, objectives: frozenset[str] = frozenset(),
+                 verifier: moves.Verifier = verify) -> None:
+        """parts: part (student, teacher, mentor) → agent name (default: the part's own). score_top_k > 0: the teacher scores
+        student attempts with that many top-k log-probs (OPD); 0: no scoring. max_reply_chars:
+        teacher and mentor replies are cut there. objectives: the lessons `lessons` makes."""
+        self.parts = dict(parts or {p: p for p in ("student", "teacher", "mentor")})
+        self.max_rounds, self.num_candidates = max_rounds, num_candidates
+        self.max_reply_chars, self.score_top_k, self.objectives = max_reply_chars, score_top_k, objectives
+        self.verifier = verifier
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> CorrectionEnv:
+        env = cfg.env
+        assert isinstance(env, CorrectionEnvConfig)
+        objectives = frozenset(name for name, weight in cfg.trainer.weights.items() if weight > 0)
+        return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
+                   max_reply_chars=env.max_reply_chars, objectives=objectives,
+                   score_top_k=cfg.trainer.opd.top_k if "opd" in objectives else 0)
+
+    async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
+        student, teacher, mentor = (agents[self.parts[p]] for p in ("student", "teacher", "mentor"))
+        turns = [await self._student_turn(problem, student, teacher, ())]
+        for _ in range(self.max_rounds):
+            if turns[-1].correct:
+                break
+            correction = self._bounded(problem, await moves.demonstrate(
+                teacher, problem, turns[-1].text, num_candidates=self.num_candidates, verifier=self.verifier))
+            turns.append(correction)  # fix it
+            turns.append(self._bounded(problem, await moves.review(mentor, problem, turns[-2].text, correction)))
+            turns.append(await self._student_turn(problem, student, teacher, tuple(turns)))  # revise
+        stop = StopReason.SOLVED if turns[-1].correct else StopReason.MAX_ROUNDS
+        return Episode(problem=problem, turns=tuple(turns), rewards=rewards(turns), stop=stop)
+
+    def lessons(self, episodes: Sequence[Episode]) -> TrainBatch:
+        """SFT on verified corrections and revisions, DPO revision > attempt, OPD on scored attempts."""
+        return to_train_batch(episodes, self.verifier, objectives=set(self.objectives))
+
+    def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        return episode_metrics(episodes)
+
+    def _bounded(self, problem: Problem, turn: Turn) -> Turn:
+        """The reply cut to max_reply_chars, so a runaway teacher or mentor (an endpoint, a large
+        max_new_tokens) cannot overflow the next prompt. A cut correction is verified again on what
+        is left. Student replies are bounded by their max_new_tokens, and their text must match
+        their token ids."""
+        if len(turn.text) <= self.max_reply_chars:
+            return turn
+        text = turn.text[:self.max_reply_chars]
+        if turn.role != "teacher":
+            return replace(turn, text=text, truncated=True)
+        verdict = self.verifier(problem, split_correction(text)[1])
+        return replace(turn, text=text, truncated=True, correct=verdict.correct, answer=verdict.answer)
+
+    async def _student_turn(self, problem: Problem, student: AgentHandle, teacher: AgentHandle,
+                            history: tuple[Turn, ...]) -> Turn:
+        turn = moves.verify(await moves.attempt(student, problem, history), problem, self.verifier)
+        if self.score_top_k and turn.token_ids and turn.kind == "attempt":
+            turn = replace(turn, teacher_scores=await moves.score(teacher, problem, turn, self.score_top_k))
+        return turn
+
+
+def rewards(turns: list[Turn]) -> dict[str, float]:
+    student = [t for t in turns if t.role == "student"]
+    corrections = [t for t in turns if t.role == "teacher"]
+    return {
+        "first_try": float(bool(student[0].correct)),
+        "final": float(bool(student[-1].correct)),
+        "corrections": float(len(corrections)),
+        "corrections_accepted": float(sum(t.correct is True and t.provenance == "model" for t in corrections)),
+        "reference_fallbacks": float(sum(t.provenance == "reference" for t in corrections)),
+        "hint_leaks": float(sum(t.provenance == "redacted" for t in turns if t.role == "mentor")),
+    }
+
+
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    n = max(len(episodes), 1)
+    total = {key: sum(e.rewards.get(key, 0.0) for e in episodes) for key in
+             ("first_try", "final", "corrections", "corrections_accepted", "reference_fallbacks", "hint_leaks")}
+    return {
+        "episodes/first_try_acc": total["first_try"] / n,
+        "episodes/after_feedback_acc": total["final"] / n,
+        "episodes/corrections": total["corrections"],
+        "episodes/corrections_accepted_rate": total["corrections_accepted"] / max(total["corrections"], 1.0),
+        "episodes/reference_fallbacks": total["reference_fallbacks"],
+        "episodes/hint_leaks": total["hint_leaks"],
+        "episodes/turns_mean": sum(len(e.turns) for e in episodes) / n,
+    } | reply_counts(episodes)
+
+
+def reply_counts(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Model replies that were handled rather than trusted, per round: an empty or answerless student
+    reply grades wrong, a cut reply is re-verified, an undecodable one never becomes a target."""
+    turns = [t for e in episodes for t in e.turns]
+    student = [t for t in turns if t.role == "student"]
+    return {"episodes/empty_replies": float(sum(not t.text.strip() for t in student)),
+            "episodes/no_answer": float(sum(bool(t.text.strip()) and t.answer is None for t in student)),
+            "episodes/truncated_replies": float(sum(t.truncated for t in turns)),
+            "episodes/invalid_utf8_replies": float(sum(undecodable(t.text) for t in turns))}
