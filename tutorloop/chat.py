@@ -19,9 +19,9 @@ from tutorloop.envs import prompts
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.tutoring_metrics import KS, dialogue_metrics
 from tutorloop.errors import UserError
+from tutorloop.loop import build_pool
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
-from tutorloop.simulate import build_students
 from tutorloop.types import Completion, Episode, Message, Problem, SamplingParams, TokenScores, Turn
 from tutorloop.viewer import write_viewer
 
@@ -90,7 +90,7 @@ async def chat(cfg: RunConfig, *, side: str, problem_id: str | None = None, adap
 def pick_problem(cfg: RunConfig, problem_id: str | None) -> Problem:
     """`problem_id` from either split; by default the first held-out problem (a tutor should not
     have trained on the student it is tried with)."""
-    tasks = build_students(cfg)
+    tasks = DialogueEnv.from_config(cfg).problems(build_pool(cfg))
     problems = (*tasks.eval, *tasks.train)
     if problem_id is None:
         return problems[0]

@@ -25,13 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         from tutorloop.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        if args.command == "run" and cfg.env.name == "dialogue":  # a tutoring run
-            from tutorloop.simulate import run as simulate
-
-            if args.resume:
-                raise UserError("--resume: tutoring runs (env.name=dialogue) do not checkpoint yet")
-            asyncio.run(simulate(cfg))
-        elif args.command == "run":
+        if args.command == "run":
             from tutorloop.loop import run
 
             asyncio.run(run(cfg, resume=args.resume))
@@ -59,7 +53,7 @@ async def _eval(cfg, config_path: str, checkpoint: str | None, out: str | None) 
     """pass@1 (greedy) and, with eval.k > 0, pass@k of the student; results JSON and a W&B run."""
     from tutorloop.agents import spawn_generator
     from tutorloop.config import config_dict
-    from tutorloop.evaluation import evaluate, result_record
+    from tutorloop.envs.evaluation import evaluate, result_record
     from tutorloop.loop import prepare_run_dir
     from tutorloop.metrics import log_eval
     from tutorloop.runtime import build_runtime

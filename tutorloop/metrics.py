@@ -14,14 +14,11 @@ from typing import Any, Iterator, Sequence
 
 from tutorloop.checkpoint import write_file
 from tutorloop.config import WandbConfig
+from tutorloop.envs.correction import COLUMNS
 from tutorloop.types import Episode
 
-TABLE_COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),
-                 ("after feedback", "episodes/after_feedback_acc", "{:.2f}"),
-                 ("corrections ok", "episodes/corrections_accepted_rate", "{:.2f}"),
-                 ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("opd", "loss/opd", "{:.3f}"),
-                 ("KL t-s", "kl/teacher_student", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
-                 ("s", "round/seconds", "{:.1f}"))
+TABLE_COLUMNS = COLUMNS
+"""The default per-round table: the correction env's."""
 TRANSCRIPT_COLUMNS = ["round", "problem_id", "turn", "role", "kind", "move", "text", "correct", "provenance",
                       "policy_version"]
 

@@ -75,6 +75,21 @@ def test_tutoring_run_trains_the_tutor_and_writes_metrics_transcripts_and_viewer
     assert list(offline.glob("*.wandb"))
 
 
+def test_a_tutoring_run_resumes_and_evaluates_during_training_like_any_run(tmp_path, tiny_lm_dir):
+    """Dialogues run through the one loop: a checkpoint after round 0, a continuation to 3 rounds
+    with `eval.every=1` (greedy tutor on the held-out students after round 1, not after the last)."""
+    config = str(tutoring_config(tmp_path, tiny_lm_dir, eval={"before": False, "after": False}, loop={"rounds": 1}))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert main(["run", config]) == 0
+    (first,) = metrics.read_text().splitlines()
+    assert main(["run", config, "--resume", "loop.rounds=3", "eval.every=1"]) == 0
+    assert metrics.read_text().splitlines()[0] == first  # round 0 was not run again
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2] and [r["policy_version"] for r in rows] == [1, 2, 3]  # continued
+    assert ["eval/success@2" in r for r in rows] == [False, True, False]
+    assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "tutor").is_dir()
+
+
 def test_chat_as_student_through_stdin(tmp_path, tiny_lm_dir):
     config = tutoring_config(tmp_path, tiny_lm_dir)
     typed = "I multiplied: 3 * 4 = 12.\n\nWait, is it 7?\n"

@@ -36,13 +36,11 @@ LAYERS = {
     "tutorloop.envs": (3, ""),
     "tutorloop.envs.moves": (3, "the envs' shared steps; they call agent handles (same layer, agents never import envs)"),
     "tutorloop.envs.tutoring_metrics": (3, "success@k and telling@k of dialogue episodes, for the envs' metrics"),
-    "tutorloop.evaluation": (3, "the student answering bare prompts, graded: an env without lessons"),
     "tutorloop.checkpoint": (4, ""),
     "tutorloop.metrics": (4, ""),
     "tutorloop.viewer": (4, "writes the run's transcripts as HTML, beside the metrics sink"),
     "tutorloop.loop": (5, ""),
-    "tutorloop.simulate": (5, "the tutoring run: a second loop that borrows loop's helpers"),
-    "tutorloop.chat": (5, "a tutoring run where a person is one agent; borrows simulate's students"),
+    "tutorloop.chat": (5, "a dialogue where a person is one agent; borrows loop's problem pool"),
     "tutorloop.cli": (6, ""),
 }
 

@@ -17,11 +17,23 @@ from tutorloop.config import CorrectionEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.prompts import split_correction
 from tutorloop.envs.to_examples import to_train_batch
+from tutorloop.envs.evaluation import greedy_accuracy
 from tutorloop.graders import undecodable, verify
+from tutorloop.tasks import TaskPool
 from tutorloop.types import Episode, Problem, StopReason, TrainBatch, Turn
+
+COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),
+           ("after feedback", "episodes/after_feedback_acc", "{:.2f}"),
+           ("corrections ok", "episodes/corrections_accepted_rate", "{:.2f}"),
+           ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("opd", "loss/opd", "{:.3f}"),
+           ("KL t-s", "kl/teacher_student", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
+           ("s", "round/seconds", "{:.1f}"))
+"""The console's per-round table as (title, metric key, format)."""
 
 
 class CorrectionEnv:
+    columns = COLUMNS
+
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
                  max_reply_chars: int = 4000, score_top_k: int = 0, objectives: frozenset[str] = frozenset(),
                  verifier: moves.Verifier = verify) -> None:
@@ -62,6 +74,23 @@ class CorrectionEnv:
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
         return episode_metrics(episodes)
+
+    def problems(self, pool: TaskPool) -> TaskPool:
+        """Every problem as it comes: the student attempts its bare prompt."""
+        return pool
+
+    def prelude(self, pool: TaskPool) -> TrainBatch:
+        """No lessons before round 0."""
+        return TrainBatch()
+
+    async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
+                       max_new_tokens: int) -> tuple[dict[str, float], str]:
+        """Greedy accuracy of the student's bare attempts: `eval/accuracy_<label>`, or `eval/accuracy`
+        during training (label None), and the line that reports it."""
+        result = await greedy_accuracy(agents[self.parts["student"]].generator, problems, max_new_tokens=max_new_tokens)
+        key = f"eval/accuracy_{label}" if label else "eval/accuracy"
+        line = f"{result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)"
+        return {key: result["accuracy"]}, f"accuracy {line}"
 
     def _bounded(self, problem: Problem, turn: Turn) -> Turn:
         """The reply cut to max_reply_chars, so a runaway teacher or mentor (an endpoint, a large

@@ -12,35 +12,53 @@ closed input) ends the dialogue and is not part of the transcript.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import DialogueEnvConfig, RunConfig
 from tutorloop.envs import moves, prompts
+from tutorloop.envs.mathdial import load_mathdial
 from tutorloop.envs.to_examples import to_tutor_batch
 from tutorloop.envs.tutoring_metrics import dialogue_metrics, dialogue_rewards
+from tutorloop.errors import UserError
 from tutorloop.graders import contains_number
+from tutorloop.tasks import TaskPool
+from tutorloop.tasks.mathdial import with_students
 from tutorloop.types import Episode, Problem, StopReason, TrainBatch, Turn
+
+COLUMNS = (("round", "round", "{:.0f}"),
+           *((f"success@{k}", f"tutoring/success@{k}", "{:.2f}") for k in (1, 3, 7)),
+           *((f"telling@{k}", f"tutoring/telling@{k}", "{:.2f}") for k in (1, 3, 7)),
+           ("replies", "tutoring/student_replies", "{:.1f}"), ("reward", "tutoring/reward", "{:.2f}"),
+           ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("s", "round/seconds", "{:.1f}"))
+"""The console's per-round table as (title, metric key, format)."""
 
 
 class DialogueEnv:
+    columns = COLUMNS
+
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_turns: int, telling_penalty: float,
                  num_candidates: int = 1, objectives: frozenset[str] = frozenset({"sft", "dpo"}),
-                 on_turn: Callable[[Problem, Turn], None] | None = None) -> None:
+                 on_turn: Callable[[Problem, Turn], None] | None = None, recorded: str | None = None,
+                 seed: int = 0) -> None:
         """parts: part (tutor, sim_student, tagger) → agent name (default: the part's own name).
         max_turns: student replies after its opening explanation (MathDial's k); telling_penalty: λ
-        in the per-dialogue reward success − λ·telling; on_turn: shown each turn as it is said."""
+        in the per-dialogue reward success − λ·telling; on_turn: shown each turn as it is said;
+        recorded: a MathDial file whose recorded dialogues are lessons before round 0; seed: of the
+        planted mistakes of problems without a recorded student."""
         self.parts = dict(parts or {p: p for p in ("tutor", "sim_student", "tagger")})
         self.max_turns, self.telling_penalty, self.num_candidates = max_turns, telling_penalty, num_candidates
-        self.objectives, self.on_turn = objectives, on_turn
+        self.objectives, self.on_turn, self.recorded, self.seed = objectives, on_turn, recorded, seed
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DialogueEnv:
         env = cfg.env
         assert isinstance(env, DialogueEnvConfig)
+        recorded = cfg.tasks.path if cfg.tasks.source == "mathdial" and env.recorded_dialogues else None
         return cls(env.parts(), max_turns=env.max_turns, telling_penalty=env.telling_penalty,
-                   num_candidates=env.num_candidates,
+                   num_candidates=env.num_candidates, recorded=recorded, seed=cfg.seed,
                    objectives=frozenset(name for name, weight in cfg.trainer.weights.items() if weight > 0))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
@@ -67,6 +85,36 @@ class DialogueEnv:
 
     def metrics(self, episodes: Sequence[Episode], prefix: str = "tutoring") -> dict[str, float]:
         return dialogue_metrics(episodes, prefix=prefix)
+
+    def problems(self, pool: TaskPool) -> TaskPool:
+        """Every problem with a simulated student: MathDial's own, or a planted mistake."""
+        train, eval_ = with_students(pool.train, self.seed), with_students(pool.eval, self.seed)
+        if not train:
+            raise UserError("tasks: no training problem has a recorded student or a reference solution whose "
+                            "last calculation gives the answer, so none can be given a simulated student")
+        return TaskPool(train, eval_, pool.seed)
+
+    def prelude(self, pool: TaskPool) -> TrainBatch:
+        """Lessons from MathDial's recorded dialogues of the training problems (never the held-out ones)."""
+        if self.recorded is None:
+            return TrainBatch()
+        train_ids = {p.id for p in pool.train}
+        data = load_mathdial(self.recorded, telling_penalty=self.telling_penalty)
+        return self.lessons([d for d in data.dialogues if d.problem.id in train_ids])
+
+    async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
+                       max_new_tokens: int) -> tuple[dict[str, float], str]:
+        """success@k / telling@k of the greedy tutor with every held-out student, as `eval_<label>/...`
+        (`eval/...` during training), and the line that reports it."""
+        if not problems:
+            return {}, "no held-out students"
+        tutor = self.parts["tutor"]
+        greedy = {**agents, tutor: agents[tutor].with_sampling(temperature=0.0)}
+        dialogues = await asyncio.gather(*(self.run(p, greedy) for p in problems))
+        prefix = f"eval_{label}" if label else "eval"
+        metrics = dialogue_metrics(dialogues, prefix=prefix)
+        line = ", ".join(f"{m}@{k} {metrics[f'{prefix}/{m}@{k}']:.2f}" for m in ("success", "telling") for k in (1, 3, 7))
+        return metrics, f"{line} ({len(dialogues)} held-out students, greedy tutor)"
 
     def episode(self, problem: Problem, turns: list[Turn]) -> Episode:
         rewards = dialogue_rewards(turns, problem.answer, self.telling_penalty)
