@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tutorloop.agent_config import (EMBEDDED_DEFAULT, GENERATOR_KINDS, MODEL_GENERATORS, AgentConfig,
                                     GeneratorConfig, HFGeneratorConfig, OpenAIGeneratorConfig, Resources,
                                     SamplingConfig, ScriptedGeneratorConfig, Strict, VLLMGeneratorConfig)
-from tutorloop.env_config import ENV_NAMES, CorrectionEnvConfig, DialogueEnvConfig, EnvConfig
+from tutorloop.env_config import ENV_NAMES, CorrectionEnvConfig, DialogueEnvConfig, EnvConfig, RolloutsEnvConfig
 from tutorloop.errors import UserError
 
 OBJECTIVES = ("sft", "dpo", "opd")
@@ -274,8 +274,10 @@ class RunConfig(Strict):
             raise ValueError(f"agents.{trained}: the trained agent needs a model generator (hf or vllm), not `{kind}`")
         if self.env.name == "dialogue" and self.trainer.weights["opd"] > 0:
             raise ValueError("trainer.weights.opd: the dialogue env makes no OPD lessons; set it to 0")
-        if (self.env.name == "correction" and self.trainer.weights["opd"] > 0
-                and self.agents[self.env.teacher].generator.kind == "scripted"):
+        teacher = self.env.parts().get("teacher")
+        if self.env.name != "dialogue" and self.trainer.weights["opd"] > 0 and teacher is None:
+            raise ValueError("trainer.weights.opd > 0 needs env.teacher to score the student's tokens")
+        if self.trainer.weights["opd"] > 0 and teacher and self.agents[teacher].generator.kind == "scripted":
             raise ValueError("trainer.weights.opd > 0 needs a teacher that can score tokens (not `scripted`)")
         if self.runtime.kind == "local" and self.trainer.resources.replicas > 1:
             raise ValueError("trainer.resources.replicas > 1 (data parallel) needs runtime.kind=ray")
@@ -359,6 +361,6 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 __all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "OBJECTIVES", "AgentConfig", "CorrectionEnvConfig",
-           "DialogueEnvConfig", "EnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
+           "DialogueEnvConfig", "EnvConfig", "RolloutsEnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
            "config_dict", "load_config", "validate_config"]

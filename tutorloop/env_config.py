@@ -71,5 +71,27 @@ class DialogueEnvConfig(Strict):
         return self.tutor
 
 
-EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig, Field(discriminator="name")]
-ENV_NAMES = ("correction", "dialogue")
+class RolloutsEnvConfig(Strict):
+    name: Literal["rollouts"] = "rollouts"
+    """G samples per problem, a verifier reward each, group-normalised advantages and optional
+    teacher scores (`envs/rollouts.py`): the base of GRPO-style methods."""
+    student: str = "student"
+    """The agent that samples: the one the trainer updates."""
+    teacher: str | None = None
+    """An agent that scores every sample's tokens under the reference solution (OPD lessons); null: none."""
+    group_size: int = Field(4, ge=1, le=256)
+    """G: samples per problem, drawn in one call; the advantages are normalised within the group."""
+    top_k: int = Field(20, ge=1, le=1024)
+    """Teacher log-probs kept per position when a teacher scores."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student} | ({"teacher": self.teacher} if self.teacher else {})
+
+    @property
+    def trained(self) -> str:
+        return self.student
+
+
+EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig, Field(discriminator="name")]
+ENV_NAMES = ("correction", "dialogue", "rollouts")

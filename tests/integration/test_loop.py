@@ -115,3 +115,20 @@ def test_eval_every_two_rounds_without_a_budget_runs_every_round(tmp_path, tiny_
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [("eval/accuracy" in r) for r in rows] == [False, True, False]  # the last round is "after"'s job
     assert rows[0]["time/train_seconds"] < rows[1]["time/train_seconds"] < rows[2]["time/train_seconds"]
+
+
+def test_rollouts_env_runs_through_the_same_loop_and_distils_its_groups(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    """G = 3 samples per problem, each scored by the teacher: every sample is an OPD lesson."""
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 1, "problems_per_round": 2},
+                      eval={"before": False, "after": True, "max_new_tokens": 6})
+    raw = cfg.model_dump(mode="json")
+    raw["agents"].pop("mentor")
+    raw["env"] = {"name": "rollouts", "student": "student", "teacher": "teacher", "group_size": 3, "top_k": 4}
+    raw["trainer"] |= {"weights": {"sft": 0.0, "dpo": 0.0, "opd": 1.0}}
+    summary = asyncio.run(loop.run(validate_config(raw)))
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert row["rollouts/samples"] == 6.0 and 0.0 <= row["rollouts/reward_mean"] <= 1.0
+    assert row["lessons/opd"] == 6 and row["policy_version"] == 1 and "loss/opd" in row
+    (episode, _) = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert len(episode["turns"]) == 3 and all(t["teacher_scores"] for t in episode["turns"])
+    assert "eval/accuracy_after" in summary

@@ -114,6 +114,7 @@ def test_agents_satisfy_the_protocol():
 
     agents = _agents(["a"], ["b"], ["c"])
     assert all(isinstance(a, AgentHandle) for a in agents.values())
-    assert all(isinstance(cls(max_rounds=1) if name == "correction" else cls(max_turns=1, telling_penalty=0.0), Env)
-               for name, cls in ENVS.items())
+    knobs = {"correction": {"max_rounds": 1}, "dialogue": {"max_turns": 1, "telling_penalty": 0.0},
+             "rollouts": {"group_size": 2}}
+    assert set(ENVS) == set(knobs) and all(isinstance(cls(**knobs[name]), Env) for name, cls in ENVS.items())
     assert isinstance(ScriptedGenerator(["a"]), Generator)

@@ -60,12 +60,11 @@ def check_models(cfg: RunConfig, names: Sequence[str]) -> None:
         spec = cfg.agents[name]
         if spec.generator.kind in MODEL_GENERATORS:  # the others have no weights here (scripted, an endpoint)
             vocabs[name] = model_vocab(spec.model, field=f"agents.{name}.model", trust_remote_code=spec.trust_remote_code)
-    if cfg.env.name != "correction" or cfg.trainer.weights["opd"] <= 0:
+    parts = cfg.env.parts()
+    s, t = parts.get("student"), parts.get("teacher")
+    if cfg.trainer.weights["opd"] <= 0 or s is None or t is None or s not in vocabs or t not in vocabs:
         return
-    s, t = cfg.env.student, cfg.env.teacher
-    student, teacher = vocabs.get(s), vocabs.get(t)
-    if student is None or teacher is None:
-        return
+    student, teacher = vocabs[s], vocabs[t]
     if student.tokens != teacher.tokens:
         how = (f"{len(teacher.tokens)} vs {len(student.tokens)} tokens" if len(teacher.tokens) != len(student.tokens)
                else "same size, other ids")

@@ -12,8 +12,9 @@ from tutorloop.config import RunConfig
 from tutorloop.envs.correction import CorrectionEnv
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.protocol import Env
+from tutorloop.envs.rollouts import RolloutsEnv
 
-ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv}
+ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv}
 """`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
 
 
@@ -21,4 +22,4 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "Env", "build_env"]
+__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "Env", "RolloutsEnv", "build_env"]

@@ -47,6 +47,13 @@ async def attempt(agent: AgentHandle, problem: Problem, history: Sequence[Turn] 
     return _turn(part, out, prompt, kind, agent)
 
 
+async def attempts(agent: AgentHandle, problem: Problem, n: int, *, part: str = "student") -> list[Turn]:
+    """n attempts at the bare problem, sampled in one call (a group: same prompt, same policy)."""
+    prompt = prompts.student_attempt(problem)
+    outs = await agent.sample(prompt, n=n, sampling=stopping(agent, ANSWER_STOP))
+    return [_turn(part, out, prompt, "attempt", agent) for out in outs]
+
+
 def verify(turn: Turn, problem: Problem, verifier: Verifier) -> Turn:
     """The turn with the verifier's verdict on its final answer."""
     verdict = verifier(problem, turn.text)
