@@ -129,4 +129,5 @@ class AgentConfig(Strict):
         return isinstance(self.generator, (HFGeneratorConfig, VLLMGeneratorConfig)) and self.generator.trust_remote_code
 
 
-GENERATOR_KINDS = ("hf", "vllm", "openai", "scripted")
+GENERATOR_KINDS = tuple(c.model_fields["kind"].default for c in (HFGeneratorConfig, VLLMGeneratorConfig,
+                                                                  OpenAIGeneratorConfig, ScriptedGeneratorConfig))

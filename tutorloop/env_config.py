@@ -2,7 +2,7 @@
 names of the agents that play its parts.
 
 Part of the run config (`tutorloop.config` re-exports every name here). A new env adds its config
-class here and to `EnvConfig`, and its class to `tutorloop.envs.ENVS`.
+class here (to `ENV_CONFIGS` and `EnvConfig`) and its env class to `tutorloop.envs.ENVS`.
 """
 
 from __future__ import annotations
@@ -93,5 +93,6 @@ class RolloutsEnvConfig(Strict):
         return self.student
 
 
+ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig)
 EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig, Field(discriminator="name")]
-ENV_NAMES = ("correction", "dialogue", "rollouts")
+ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

@@ -176,3 +176,12 @@ def test_autocast_off_survives_yaml(tmp_path):
     assert load_config(path).trainer.autocast == "off"
     assert load_config(path, ["trainer.autocast=bfloat16"]).trainer.autocast == "bfloat16"
     assert "trainer.autocast" in _error(tmp_path, BASE, ["trainer.autocast=fp8"])
+
+
+def test_every_env_and_generator_config_has_its_registry_entry():
+    from tutorloop.agent_config import GENERATOR_KINDS
+    from tutorloop.env_config import ENV_NAMES
+    from tutorloop.envs import ENVS
+    from tutorloop.generators import GENERATORS
+
+    assert set(ENVS) == set(ENV_NAMES) and set(GENERATORS) == set(GENERATOR_KINDS)
