@@ -71,65 +71,66 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     run_dir = prepare_run_dir(cfg.run_dir)
     store = CheckpointStore(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
     saved = store.latest(config_dict(cfg), required=resume)
-    w = build_run(cfg)
+    job = build_run(cfg)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
-                 columns=w.env.columns, first_round=saved.progress.rounds_done if saved else 0,
+                 columns=job.env.columns, first_round=saved.progress.rounds_done if saved else 0,
                  wandb_id=saved.wandb_id if saved else None)
-    await note_threads(w.runtime, log)
-    progress = await start(saved, cfg, w, log)
+    await note_threads(job.runtime, log)
+    progress = await start(saved, cfg, job, log)
     version, train_seconds = progress.version, 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
         if over_budget(train_seconds, cfg.loop.time_budget_minutes, log):
             break
         began = time.perf_counter()
-        episodes_P = await rollout(w, cfg, r, log)
+        episodes_P = await rollout(job, cfg, r, log)
         episode_seconds = time.perf_counter() - began
-        w.buffer.add(w.env.lessons(episodes_P), version)
-        batch = w.buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
-                              max_per_kind=cfg.loop.max_lessons_per_step)
-        metrics = await w.trainer.step(batch)
-        version = await sync_weights(w.trainer, w.policy)  # next round samples the new policy
-        metrics |= await generation_metrics(w.generators) | lesson_counts(batch, w.buffer)
+        job.buffer.add(job.env.lessons(episodes_P), version)
+        batch = job.buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
+                                max_per_kind=cfg.loop.max_lessons_per_step)
+        metrics = await job.trainer.step(batch)
+        version = await sync_weights(job.trainer, job.policy)  # next round samples the new policy
+        metrics |= await generation_metrics(job.generators) | lesson_counts(batch, job.buffer)
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
         train_seconds += timing["round/seconds"]
         if cfg.eval.every and (r + 1) % cfg.eval.every == 0 and r + 1 < cfg.loop.rounds:  # accuracy over time
-            metrics |= await evaluate(w, cfg, None, f"round {r}", log)
+            metrics |= await evaluate(job, cfg, None, f"round {r}", log)
         metrics["time/train_seconds"] = train_seconds
-        log.write(r, w.env.metrics(episodes_P) | metrics | timing, episodes_P)
+        log.write(r, job.env.metrics(episodes_P) | metrics | timing, episodes_P)
         progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
-            await store.save(progress, trainer=w.trainer, generators=w.generators, buffer=w.buffer,
+            await store.save(progress, trainer=job.trainer, generators=job.generators, buffer=job.buffer,
                              wandb_id=log.wandb_id, config=config_dict(cfg))
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
-        summary |= await evaluate(w, cfg, "after", "after training", log)
-    await finish(w, cfg, run_dir, log, summary)
+        summary |= await evaluate(job, cfg, "after", "after training", log)
+    await finish(job, cfg, run_dir, log, summary)
     return summary
 
 
-async def rollout(w: Run, cfg: RunConfig, r: int, log: RunLog) -> list[Any]:
+async def rollout(job: Run, cfg: RunConfig, r: int, log: RunLog) -> list[Any]:
     """Round r's episodes: a function of the round alone, so it can later run ahead of training."""
-    return await run_episodes(w.env, w.agents, w.tasks.sample(cfg.loop.problems_per_round, r), w.runtime,
-                              cfg.runtime.round_retries, resync=lambda: sync_weights(w.trainer, w.policy), log=log)
+    return await run_episodes(job.env, job.agents, job.tasks.sample(cfg.loop.problems_per_round, r), job.runtime,
+                              cfg.runtime.round_retries, resync=lambda: sync_weights(job.trainer, job.policy), log=log)
 
 
-async def start(saved: Checkpoint | None, cfg: RunConfig, w: Run, log: RunLog) -> Progress:
+async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog) -> Progress:
     """Where the rounds begin: the checkpoint's state restored, or round 0 after the env's lessons
     before it and the eval before."""
     if saved is not None:
         log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
-        return await restore(saved, trainer=w.trainer, generators=w.generators, buffer=w.buffer, trained=w.trained)
-    w.buffer.add(w.env.prelude(w.tasks), 0)
-    before = await evaluate(w, cfg, "before", "before training", log) if cfg.eval.before else {}
+        return await restore(saved, trainer=job.trainer, generators=job.generators, buffer=job.buffer,
+                             trained=job.trained)
+    job.buffer.add(job.env.prelude(job.tasks), 0)
+    before = await evaluate(job, cfg, "before", "before training", log) if cfg.eval.before else {}
     return Progress(summary=before)
 
 
-async def finish(w: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, float]) -> None:
+async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, float]) -> None:
     """The trained agent saved under its name, the transcripts rendered, the log closed."""
-    await save_model(w.trainer, run_dir / w.trained)
-    log.note(f"{w.trained} saved to {run_dir / w.trained}; transcripts: {write_viewer(run_dir, title=cfg.name)}")
+    await save_model(job.trainer, run_dir / job.trained)
+    log.note(f"{job.trained} saved to {run_dir / job.trained}; transcripts: {write_viewer(run_dir, title=cfg.name)}")
     log.finish(summary)
-    w.runtime.shutdown()
+    job.runtime.shutdown()
 
 
 def lesson_counts(batch: Any, buffer: LessonBuffer) -> dict[str, float]:
@@ -165,8 +166,8 @@ async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], ru
     raise AssertionError("unreachable")
 
 
-async def evaluate(w: Run, cfg: RunConfig, label: str | None, when: str, log: RunLog) -> dict[str, float]:
-    metrics, line = await w.env.evaluate(w.agents, w.tasks.eval, label, max_new_tokens=cfg.eval.max_new_tokens)
+async def evaluate(job: Run, cfg: RunConfig, label: str | None, when: str, log: RunLog) -> dict[str, float]:
+    metrics, line = await job.env.evaluate(job.agents, job.tasks.eval, label, max_new_tokens=cfg.eval.max_new_tokens)
     log.note(f"eval {when}: {line}")
     return metrics
 
