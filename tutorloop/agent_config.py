@@ -110,6 +110,17 @@ class AgentConfig(Strict):
     resources: Resources = Resources()
     """Where this agent's generator runs (read only by the runtime)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        """Configs written before issue 13 name where their keys went, instead of 'unknown key'."""
+        if isinstance(value, dict):
+            if "num_candidates" in value:
+                raise ValueError("num_candidates: moved to env.num_candidates (the env that samples candidates)")
+            if flat := sorted(set(value) & _GENERATOR_FIELDS):
+                raise ValueError(f"{flat[0]}: moved under generator, e.g. generator: {{kind: ..., {flat[0]}: ...}}")
+        return value
+
     @field_validator("generator", mode="before")
     @classmethod
     def _bare_kind(cls, value: Any) -> Any:
@@ -131,3 +142,6 @@ class AgentConfig(Strict):
 
 GENERATOR_KINDS = tuple(c.model_fields["kind"].default for c in (HFGeneratorConfig, VLLMGeneratorConfig,
                                                                   OpenAIGeneratorConfig, ScriptedGeneratorConfig))
+_GENERATOR_FIELDS = {"max_batch_size", "replies", "trust_remote_code", "tensor_parallel", "gpu_memory_utilization",
+                     "sleep_mode", "base_url", "api_key_env"}
+"""Keys that sat flat in an agent before issue 13 and now belong to its generator."""

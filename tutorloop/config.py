@@ -250,6 +250,13 @@ class RunConfig(Strict):
         """The agent the trainer updates: the env's student (correction) or tutor (dialogue)."""
         return self.env.trained
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dialogue_moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "dialogue" in value:  # a config from before issue 13
+            raise ValueError("dialogue: moved into env: write env: {name: dialogue, max_turns: ..., telling_penalty: ...}")
+        return value
+
     @field_validator("env", mode="before")
     @classmethod
     def _correction_by_default(cls, value: Any) -> Any:

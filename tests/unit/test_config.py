@@ -185,3 +185,10 @@ def test_every_env_and_generator_config_has_its_registry_entry():
     from tutorloop.generators import GENERATORS
 
     assert set(ENVS) == set(ENV_NAMES) and set(GENERATORS) == set(GENERATOR_KINDS)
+
+
+def test_keys_from_before_issue_13_say_where_they_went(tmp_path):
+    assert "agents.teacher: num_candidates: moved to env.num_candidates" in _error(
+        tmp_path, BASE, ["agents.teacher.num_candidates=2"])
+    assert "agents.teacher: base_url: moved under generator" in _error(tmp_path, BASE, ["agents.teacher.base_url=x"])
+    assert "dialogue: moved into env" in _error(tmp_path, BASE, ["dialogue.max_turns=3"])
