@@ -342,13 +342,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for i, p in enumerate(err["loc"]) if not _is_tag(err["loc"], i)) or "config"
+        loc = ".".join(str(p) for i, p in enumerate(err["loc"]) if not _is_tag(err["loc"], i))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in err and not isinstance(err["input"], (dict, list)) and err["type"] != "missing":
             msg += f" (got {err['input']!r})"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # the run-wide checks name their own fields
     more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
     return "; ".join(parts).replace("\n", " ") + more
 
