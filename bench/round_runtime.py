@@ -51,18 +51,21 @@ def role_prompts(run_dir: Path, role: str) -> list[tuple]:
 
 def standalone(config: str, runtime: str, overrides: list[str], run_dir: Path, batch: dict[str, float]) -> dict:
     """tokens/s of each role's generator alone, on the round's prompts at the round's batch size."""
-    from tutorloop.agents import build_generators, sampling
+    from tutorloop.agents import build_agents
     from tutorloop.config import load_config
+    from tutorloop.envs.moves import stopping
     from tutorloop.graders import ANSWER_STOP
     from tutorloop.runtime import build_runtime
     from tutorloop.trainers import lora_kwargs
 
     cfg = load_config(config, [f"runtime.kind={runtime}", *overrides])
     rt = build_runtime(cfg.runtime)
-    try:
-        generators = build_generators(rt, cfg, lora_kwargs(cfg), roles=list(ROLES))
-        return {role: asyncio.run(_alone(generators[role], role_prompts(run_dir, role), round(batch[role]),
-                                         sampling(cfg.agents[role], stop=ANSWER_STOP)))
+    try:  # the agents that play each part; the student and teacher sample until the answer line
+        names = {role: cfg.env.parts()[role] for role in ROLES}
+        agents = build_agents(rt, cfg.agents, trained=cfg.trainable, seed=cfg.seed, lora=lora_kwargs(cfg),
+                              names=tuple(names.values()))
+        return {role: asyncio.run(_alone(agents[names[role]].generator, role_prompts(run_dir, role), round(batch[role]),
+                                         stopping(agents[names[role]], ANSWER_STOP)))
                 for role in ROLES if batch.get(role)}
     finally:
         rt.shutdown()

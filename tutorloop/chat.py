@@ -1,7 +1,7 @@
 """`tutorloop chat CONFIG --as student|tutor`: a person plays one side of a tutoring dialogue in the
 terminal and a model plays the other.
 
-The person is just another Agent in the same DialogueEnv a simulation uses, so the dialogue opens,
+The person is just another agent handle in the same DialogueEnv a simulation uses, so the dialogue opens,
 is tagged, scored (success@k, telling@k) and saved exactly like a simulated one: each session gets
 its own directory under `run_dir/chat/` with episodes.jsonl, metrics.jsonl and transcripts.html.
 """
@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from tutorloop.agents import build_dialogue_agents, build_generators, prompts
-from tutorloop.config import RunConfig, WandbConfig, config_dict
+from tutorloop.agents import build_agents
+from tutorloop.config import DialogueEnvConfig, RunConfig, WandbConfig, config_dict
+from tutorloop.envs import prompts
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.tutoring_metrics import KS, dialogue_metrics
 from tutorloop.errors import UserError
+from tutorloop.loop import build_pool
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
-from tutorloop.simulate import build_students
-from tutorloop.types import Episode, Problem, Role, Turn
+from tutorloop.types import Completion, Episode, Message, Problem, SamplingParams, TokenScores, Turn
 from tutorloop.viewer import write_viewer
 
 SIDES = {"student": "sim_student", "tutor": "tutor"}
@@ -29,53 +30,57 @@ QUIT = ("/quit", "/exit")
 
 
 class PersonAgent:
-    """A person at the terminal: shows what was said since their last turn, then reads one line.
-    End of input or /quit ends the dialogue (a turn of kind "quit")."""
+    """A person at the terminal, behind the same handle as a model agent: `sample` reads one line.
+    End of input or /quit ends the dialogue (finish_reason "quit"). `show` prints the other side's
+    turns as the env records them, with the tutor's move."""
 
-    trainable = False
+    provenance = "human"
+    sampling = SamplingParams(temperature=0.0)
 
-    def __init__(self, role: Role, read: Callable[[], str], write: Callable[[str], None]) -> None:
-        self.role, self.read, self.write = role, read, write
-        self.shown = 0
+    def __init__(self, name: str, part: str, problem: Problem, read: Callable[[], str],
+                 write: Callable[[str], None]) -> None:
+        self.name, self.part, self.read, self.write = name, part, read, write
+        self.speaker = speaker(problem, part)
 
-    async def act(self, problem: Problem, history: Sequence[Turn]) -> Turn:
-        self.show(problem, history)
-        self.shown += 1  # their own turn needs no echo
+    async def sample(self, messages: Sequence[Message], n: int = 1,
+                     sampling: SamplingParams | None = None) -> list[Completion]:
         line = ""
         while not line.strip():
-            self.write(f"{speaker(problem, self.role)} (you)> ")
+            self.write(f"{self.speaker} (you)> ")
             line = self.read()
             if not line:  # end of input
-                return Turn(role=self.role, text="", prompt=(), kind="quit", provenance="human")
-        if line.strip().lower() in QUIT:
-            return Turn(role=self.role, text="", prompt=(), kind="quit", provenance="human")
-        make_prompt = prompts.tutor_turn if self.role == "tutor" else prompts.sim_student_turn
-        return Turn(role=self.role, text=line.strip(), prompt=make_prompt(problem, history), kind="utterance",
-                    provenance="human")
+                return [Completion(text="", token_ids=(), logprobs=(), finish_reason="quit")]
+        quit_ = line.strip().lower() in QUIT
+        return [Completion(text="" if quit_ else line.strip(), token_ids=(), logprobs=(),
+                           finish_reason="quit" if quit_ else "stop")]
 
-    def show(self, problem: Problem, turns: Sequence[Turn]) -> None:
-        for turn in turns[self.shown:]:
-            if turn.role != self.role:
-                tag = f" [{turn.move}]" if turn.move else ""
-                self.write(f"{speaker(problem, turn.role)}{tag}: {turn.text}\n")
-        self.shown = len(turns)
+    async def score(self, context_messages: Sequence[Message], target_ids: Sequence[int], top_k: int,
+                    temperature: float = 1.0) -> TokenScores:
+        raise UserError("a person cannot score tokens")
+
+    def show(self, problem: Problem, turn: Turn) -> None:
+        if turn.role != self.part:
+            tag = f" [{turn.move}]" if turn.move else ""
+            self.write(f"{speaker(problem, turn.role)}{tag}: {turn.text}\n")
 
 
 async def chat(cfg: RunConfig, *, side: str, problem_id: str | None = None, adapter: str | None = None,
                stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> Path:
     """One dialogue with a person as `side`; returns the session directory."""
-    assert cfg.dialogue is not None, "chat needs a tutoring config (the CLI says so to the user)"
+    assert isinstance(cfg.env, DialogueEnvConfig), "chat needs a dialogue config (the CLI says so to the user)"
     write = _writer(stdout)
     problem = pick_problem(cfg, problem_id)
-    person = PersonAgent(SIDES[side], stdin.readline, write)
-    model_side = "sim_student" if side == "tutor" else "tutor"
+    parts = cfg.env.parts()
+    person_part = SIDES[side]
+    model_part = "sim_student" if side == "tutor" else "tutor"
+    person = PersonAgent(parts[person_part], person_part, problem, stdin.readline, write)
     runtime = build_runtime(cfg.runtime)
-    generators = build_generators(runtime, cfg, None, student_adapter=adapter, roles=(model_side, "tagger"))
-    agents = build_dialogue_agents(cfg, generators) | {person.role: person}
+    agents = build_agents(runtime, cfg.agents, trained=cfg.trainable, seed=cfg.seed, adapter=adapter,
+                          names=(parts[model_part], parts["tagger"]))
     write(briefing(problem, side))
-    episode = await DialogueEnv(max_turns=cfg.dialogue.max_turns, telling_penalty=cfg.dialogue.telling_penalty
-                                ).run(problem, agents)
-    person.show(problem, episode.turns)
+    env = DialogueEnv(parts, max_turns=cfg.env.max_turns, telling_penalty=cfg.env.telling_penalty,
+                      num_candidates=cfg.env.num_candidates, on_turn=person.show)
+    episode = await env.run(problem, {**agents, person.name: person})
     session = save_session(cfg, episode, side)
     write(score_line(episode) + f"\ntranscript: {session / 'transcripts.html'}\n")
     runtime.shutdown()
@@ -85,7 +90,7 @@ async def chat(cfg: RunConfig, *, side: str, problem_id: str | None = None, adap
 def pick_problem(cfg: RunConfig, problem_id: str | None) -> Problem:
     """`problem_id` from either split; by default the first held-out problem (a tutor should not
     have trained on the student it is tried with)."""
-    tasks = build_students(cfg)
+    tasks = DialogueEnv.from_config(cfg).problems(build_pool(cfg))
     problems = (*tasks.eval, *tasks.train)
     if problem_id is None:
         return problems[0]

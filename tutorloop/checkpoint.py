@@ -121,7 +121,8 @@ class CheckpointStore:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-async def restore(checkpoint: Checkpoint, *, trainer: Any, generators: Mapping[str, Any], buffer: Any) -> Progress:
+async def restore(checkpoint: Checkpoint, *, trainer: Any, generators: Mapping[str, Any], buffer: Any,
+                  trained: str = "student") -> Progress:
     """Put every component back in the state it had when `checkpoint` was written. RNG states go
     last, after everything that building the components may have drawn."""
     from tutorloop.trainers.weight_sync import sync_weights
@@ -130,9 +131,9 @@ async def restore(checkpoint: Checkpoint, *, trainer: Any, generators: Mapping[s
     await trainer.load_checkpoint_state({"weights": _load_tensors(path / "weights.safetensors"),
                                          "optimizer": _load_optimizer(path / "optimizer.safetensors"),
                                          "version": checkpoint.progress.version})
-    await sync_weights(trainer, generators["student"])
-    for role, generator in generators.items():
-        await generator.load_sampling_state(state["generators"][role])
+    await sync_weights(trainer, generators[trained])  # the agent the trainer updates
+    for name, generator in generators.items():
+        await generator.load_sampling_state(state["generators"][name])
     buffer.load_state(json.loads((path / "lessons.json").read_text(encoding="utf-8")))
     set_rng_state(state["rng"])
     return checkpoint.progress

@@ -25,13 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         from tutorloop.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        if args.command == "run" and cfg.dialogue is not None:  # a tutoring run
-            from tutorloop.simulate import run as simulate
-
-            if args.resume:
-                raise UserError("--resume: tutoring runs (configs with a `dialogue` section) do not checkpoint yet")
-            asyncio.run(simulate(cfg))
-        elif args.command == "run":
+        if args.command == "run":
             from tutorloop.loop import run
 
             asyncio.run(run(cfg, resume=args.resume))
@@ -59,12 +53,12 @@ async def _eval(cfg, config_path: str, checkpoint: str | None, out: str | None) 
     """pass@1 (greedy) and, with eval.k > 0, pass@k of the student; results JSON and a W&B run."""
     from tutorloop.agents import spawn_generator
     from tutorloop.config import config_dict
-    from tutorloop.evaluation import evaluate, result_record
+    from tutorloop.envs.evaluation import evaluate, result_record
     from tutorloop.loop import prepare_run_dir
     from tutorloop.metrics import log_eval
     from tutorloop.runtime import build_runtime
 
-    spec, adapter = _checkpoint(cfg.agents["student"], checkpoint)
+    spec, adapter = _checkpoint(cfg.agents[cfg.trainable], checkpoint)
     problems = _eval_problems(cfg)
     run_dir = prepare_run_dir(cfg.run_dir)
     runtime = build_runtime(cfg.runtime)
@@ -121,10 +115,10 @@ def _write_results(path: Path, results: dict) -> Path:
 async def _chat(cfg, side: str, problem: str | None, checkpoint: str | None) -> None:
     from tutorloop.chat import chat
 
-    if cfg.dialogue is None:
-        raise UserError("chat needs a tutoring config (one with a `dialogue` section), e.g. configs/tutoring_default.yaml")
-    spec, adapter = _checkpoint(cfg.agents["tutor"], checkpoint)
-    await chat(cfg.model_copy(update={"agents": {**cfg.agents, "tutor": spec}}), side=side, problem_id=problem,
+    if cfg.env.name != "dialogue":
+        raise UserError("chat needs a tutoring config (env.name=dialogue), e.g. configs/tutoring_default.yaml")
+    spec, adapter = _checkpoint(cfg.agents[cfg.trainable], checkpoint)
+    await chat(cfg.model_copy(update={"agents": {**cfg.agents, cfg.trainable: spec}}), side=side, problem_id=problem,
                adapter=adapter)
 
 
@@ -170,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="the results JSON (default: run_dir/eval_results.json)")
     ev.add_argument("overrides", nargs="*", help="key.sub=value")
     ch = sub.add_parser("chat", help="play the student or the tutor of a tutoring dialogue against a model")
-    ch.add_argument("config", help="a tutoring config (with a `dialogue` section)")
+    ch.add_argument("config", help="a tutoring config (env.name=dialogue)")
     ch.add_argument("--as", dest="side", choices=("student", "tutor"), required=True, help="the side you play")
     ch.add_argument("--problem", help="problem id (default: the first held-out one)")
     ch.add_argument("--checkpoint", help="a saved tutor (peft adapter or full HF directory)")

@@ -11,98 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
-                      model_validator)
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from tutorloop.agent_config import (EMBEDDED_DEFAULT, GENERATOR_KINDS, MODEL_GENERATORS, AgentConfig,
+                                    GeneratorConfig, HFGeneratorConfig, OpenAIGeneratorConfig, Resources,
+                                    SamplingConfig, ScriptedGeneratorConfig, Strict, VLLMGeneratorConfig)
+from tutorloop.env_config import ENV_NAMES, CorrectionEnvConfig, DialogueEnvConfig, EnvConfig, RolloutsEnvConfig
 from tutorloop.errors import UserError
 from tutorloop import objectives as objective_registry
 from tutorloop.objectives import Params
-from tutorloop.types import DIALOGUE_ROLES, ROLES, Role
-
-EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class Resources(Strict):
-    cpus: float = Field(1.0, ge=0)
-    """Ray CPUs reserved for each replica (read only by the runtime; fractions let roles share a node)."""
-    gpus: float = Field(0.0, ge=0)
-    """GPUs reserved for each replica (read only by the runtime)."""
-    replicas: int = Field(1, ge=1)
-    """Actors for this role; requests are spread across them. Trainer: data-parallel workers."""
-    placement_group: bool = False
-    """Ray only: give this role its own placement group (one bundle per replica, PACK) instead of
-    letting the scheduler colocate it with other roles."""
-    custom: dict[str, float] = {}
-    """Ray custom resources each replica needs, e.g. {node_a: 1} to pin a role to nodes started
-    with `ray start --resources='{"node_a": 1}'`."""
-
-
-class SamplingConfig(Strict):
-    temperature: float = Field(0.7, ge=0.0, le=5.0)
-    """Sampling temperature; 0 means greedy."""
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
-    max_new_tokens: int = Field(128, ge=1, le=8192)
-    """Longest reply, in tokens."""
-
-
-class AgentConfig(Strict):
-    generator: Literal["hf", "vllm", "openai", "scripted"] = "hf"
-    """Backend: `hf` (transformers, CPU or one GPU), `vllm` (a vLLM engine on GPU; the `vllm` extra),
-    `openai` (an OpenAI-compatible endpoint at `base_url`; teacher or mentor only) or `scripted`
-    (canned replies, for tests)."""
-    model: str = EMBEDDED_DEFAULT
-    """A local checkpoint directory, a hub id already in the local HF cache, or `embedded:<name>`;
-    for `openai`, the model name the endpoint serves."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Weights and compute dtype of this role's generator. `auto`: bfloat16 where the hardware has it
-    and a ~0.1 s matmul probe, run once per process where the model loads, finds it clearly faster
-    (>= 1.3x; on CUDA, hardware support alone), else float32 (`tutorloop.hardware`)."""
-    sampling: SamplingConfig = SamplingConfig()
-    """How this role samples."""
-    num_candidates: int = Field(1, ge=1, le=64)
-    """Teacher: corrections sampled per mistake; the first the verifier accepts is kept. Tutor:
-    replies sampled per turn; the first is said, the others that state the answer become DPO rejects."""
-    max_batch_size: int = Field(32, ge=1)
-    """Most sequences one forward pass of this role's generator holds."""
-    replies: tuple[str, ...] = ()
-    """Scripted generator only: replies returned in turn."""
-    trust_remote_code: bool = False
-    """Let transformers import Python code shipped inside this model's directory (custom
-    architectures). Off by default: such a model then fails to load with a one-line error."""
-    resources: Resources = Resources()
-    """Where this role runs (read only by the runtime)."""
-    tensor_parallel: int = Field(1, ge=1)
-    """vllm only: GPUs one engine shards the model over (give the role as many `resources.gpus`)."""
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    """vllm only: share of each GPU the engine takes for weights and KV cache; lower it when
-    another role or the trainer shares the GPU."""
-    sleep_mode: bool = False
-    """vllm only: let the engine sleep (weights to CPU, KV cache freed) while a trainer on the same
-    GPU steps, and wake for the next round."""
-    base_url: str | None = None
-    """openai only: the endpoint's base URL as the OpenAI client takes it, e.g. `http://host:8000/v1`."""
-    api_key_env: str | None = None
-    """openai only: the environment variable that holds the API key (e.g. OPENAI_API_KEY). The key
-    itself never goes in config or logs; null sends none (a local vLLM or SGLang server)."""
-
-    @model_validator(mode="after")
-    def _scripted_needs_replies(self) -> AgentConfig:
-        if self.generator == "scripted" and not self.replies:
-            raise ValueError("a scripted generator needs at least one entry in `replies`")
-        return self
-
-    @model_validator(mode="after")
-    def _endpoint_needs_url_and_name(self) -> AgentConfig:
-        if self.generator == "openai" and not self.base_url:
-            raise ValueError("an `openai` generator needs `base_url`, e.g. http://host:8000/v1")
-        if self.generator == "openai" and self.model.startswith("embedded:"):
-            raise ValueError("an `openai` generator needs `model`: the model name the endpoint serves")
-        return self
 
 
 class LoraConfig(Strict):
@@ -188,25 +105,6 @@ class TasksConfig(Strict):
         if self.source != "arithmetic" and not self.path:
             raise ValueError(f"source '{self.source}' needs `path`")
         return self
-
-
-class EnvConfig(Strict):
-    max_rounds: int = Field(1, ge=0, le=16)
-    """Correction rounds per problem (teacher correction, mentor feedback, student revision)."""
-    max_reply_chars: int = Field(4000, ge=16)
-    """Teacher and mentor replies are cut to this many characters before anyone reads them, so a
-    runaway reply cannot overflow the next prompt (counted as `episodes/truncated_replies`)."""
-
-
-class DialogueConfig(Strict):
-    max_turns: int = Field(7, ge=1, le=16)
-    """Student replies after its opening explanation (MathDial's k); a dialogue also ends as soon as
-    the student states the answer."""
-    telling_penalty: float = Field(0.5, ge=0.0)
-    """λ in the per-dialogue reward success − λ·telling (recorded on every dialogue)."""
-    recorded_dialogues: bool = True
-    """tasks.source=mathdial only: the recorded dialogues of the training problems become lessons
-    before round 0, under the same rules as simulated ones."""
 
 
 class LoopConfig(Strict):
@@ -307,18 +205,16 @@ class RunConfig(Strict):
     run_dir: str = "runs/default"
     """Where metrics.jsonl, episodes.jsonl, the saved student and W&B files go."""
     runtime: RuntimeConfig = RuntimeConfig()
-    """Where roles run."""
-    agents: dict[Role, AgentConfig] = {}
-    """One entry per role: student, teacher, mentor; in a tutoring run tutor, sim_student, tagger."""
+    """Where agents run."""
+    agents: dict[str, AgentConfig] = {}
+    """Agents by name (any name); the env's config says which agent plays which of its parts."""
     tasks: TasksConfig = TasksConfig()
     """Problem source and splits."""
-    env: EnvConfig = EnvConfig()
-    """The tutoring episode."""
-    dialogue: DialogueConfig | None = None
-    """Set for a tutoring run: MathDial dialogues between a trainable tutor and a simulated student
-    (roles tutor, sim_student, tagger) instead of correction rounds."""
+    env: EnvConfig = CorrectionEnvConfig()
+    """The episode program, by `name` (`correction` if none is given), with its own knobs and the
+    agents that play its parts."""
     trainer: TrainerConfig = TrainerConfig()
-    """The online trainer of the trainable role: the student, or the tutor in a tutoring run."""
+    """The online trainer of the trained agent: the correction env's student, the dialogue env's tutor."""
     loop: LoopConfig = LoopConfig()
     """The round loop."""
     eval: EvalConfig = EvalConfig()
@@ -329,21 +225,39 @@ class RunConfig(Strict):
     """When to save the run's state; a run whose run_dir holds a checkpoint continues from it."""
 
     @property
-    def trainable(self) -> Role:
-        """The role the trainer updates: the tutor in a tutoring run, else the student."""
-        return "tutor" if self.dialogue else "student"
+    def trainable(self) -> str:
+        """The agent the trainer updates: the env's student (correction) or tutor (dialogue)."""
+        return self.env.trained
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dialogue_moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "dialogue" in value:  # a config from before issue 13
+            raise ValueError("dialogue: moved into env: write env: {name: dialogue, max_turns: ..., telling_penalty: ...}")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _correction_by_default(cls, value: Any) -> Any:
+        return {"name": "correction", **value} if isinstance(value, dict) and "name" not in value else value
 
     @model_validator(mode="after")
-    def _roles_and_channels(self) -> RunConfig:
-        roles, trainable = (DIALOGUE_ROLES if self.dialogue else ROLES), self.trainable
-        if missing := [r for r in roles if r not in self.agents]:
-            raise ValueError(f"agents: missing roles {missing}")
-        if extra := sorted(set(self.agents) - set(roles)):
-            raise ValueError(f"agents: {extra} not used by this run (a `dialogue` section makes a tutoring run, "
-                             f"with roles {list(DIALOGUE_ROLES)}; without it the roles are {list(ROLES)})")
-        if self.agents[trainable].generator in ("scripted", "openai"):  # no weights here to train
-            raise ValueError(f"agents.{trainable}: the trainable {trainable} needs a model generator (hf or vllm), "
-                             f"not `{self.agents[trainable].generator}`")
+    def _env_parts_have_agents(self) -> RunConfig:
+        parts = self.env.parts()
+        for part, agent in parts.items():
+            if agent not in self.agents:
+                raise ValueError(f"env.{part}: names agent '{agent}', which `agents` lacks "
+                                 f"(agents: {sorted(self.agents)})")
+        if extra := sorted(set(self.agents) - set(parts.values())):
+            raise ValueError(f"agents.{extra[0]}: not used by env '{self.env.name}' (its parts: "
+                             + ", ".join(f"{p}={a}" for p, a in parts.items()) + ")")
+        return self
+
+    @model_validator(mode="after")
+    def _trained_and_objectives(self) -> RunConfig:
+        trained, kind = self.trainable, self.agents[self.trainable].generator.kind
+        if kind not in MODEL_GENERATORS:  # no weights here to train
+            raise ValueError(f"agents.{trained}: the trained agent needs a model generator (hf or vllm), not `{kind}`")
         self._objectives_fit()
         if self.runtime.kind == "local" and self.trainer.resources.replicas > 1:
             raise ValueError("trainer.resources.replicas > 1 (data parallel) needs runtime.kind=ray")
@@ -354,10 +268,11 @@ class RunConfig(Strict):
         """What the active objectives need of the run: teacher scores, untempered sampling."""
         objectives = self.trainer.objectives
         if scored := objective_registry.needing(objectives, "teacher_scores"):
-            if self.dialogue:
-                raise ValueError(f"trainer.objectives.{scored[0]}: a tutoring run makes no lessons with teacher "
-                                 "scores; remove it or set its weight to 0")
-            if self.agents["teacher"].generator == "scripted":
+            teacher = self.env.parts().get("teacher")
+            if teacher is None:
+                raise ValueError(f"trainer.objectives.{scored[0]}: env '{self.env.name}' has no teacher to score the "
+                                 f"{self.trainable}'s tokens; remove it or set its weight to 0")
+            if self.agents[teacher].generator.kind == "scripted":
                 raise ValueError(f"trainer.objectives.{scored[0]} needs a teacher that can score tokens "
                                  "(not `scripted`)")
         sampling = self.agents[self.trainable].sampling
@@ -419,17 +334,32 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        loc = ".".join(str(p) for i, p in enumerate(err["loc"]) if not _is_tag(err["loc"], i))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in err and not isinstance(err["input"], (dict, list)) and err["type"] != "missing":
             msg += f" (got {err['input']!r})"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # the run-wide checks name their own fields
     more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
     return "; ".join(parts).replace("\n", " ") + more
+
+
+def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """pydantic puts a tagged union's tag in the path (`generator.scripted.replies`); the user wrote
+    `generator.replies`, so the tag is left out of the field's name."""
+    return i > 0 and loc[i - 1] in _TAGS and loc[i] in _TAGS[loc[i - 1]]
+
+
+_TAGS = {"generator": set(GENERATOR_KINDS), "env": set(ENV_NAMES)}
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config as plain data, for the run dir and W&B. It holds no secrets: keys come from the env."""
     return cfg.model_dump(mode="json")
+
+
+__all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "CorrectionEnvConfig",
+           "DialogueEnvConfig", "EnvConfig", "RolloutsEnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
+           "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
+           "config_dict", "load_config", "validate_config"]

@@ -1,100 +1,143 @@
-"""The round loop, read top to bottom: sample problems → run episodes → lessons → one trainer
-step → sync the student's weights → log. Evaluation brackets the rounds."""
+"""The round loop of every env, read top to bottom: sample problems → the env's episodes → its
+lessons → one trainer step → sync the trained agent's weights → log. Evaluation brackets the rounds;
+checkpoints, the time budget and the non-finite guard hold for every env."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from tutorloop.agents import build_agents, build_generators
+from tutorloop.agents import build_agents, check_models
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
-from tutorloop.envs import TutoringEnv
-from tutorloop.envs.to_examples import to_lessons
+from tutorloop.envs import Env, build_env
 from tutorloop.errors import UserError
-from tutorloop.evaluation import greedy_accuracy
-from tutorloop.graders import verify
-from tutorloop.metrics import RunLog, episode_metrics
+from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
-from tutorloop.tasks import build_tasks
+from tutorloop.tasks import TaskPool, build_tasks
 from tutorloop.trainers import build_trainer, lora_kwargs
-from tutorloop import objectives as objective_registry
-from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.trainers.replay import LessonBuffer
 from tutorloop.trainers.weight_sync import sync_weights
+from tutorloop.viewer import write_viewer
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What a run is made of, built once from its config (the objects inside keep their own state)."""
+
+    env: Env
+    tasks: TaskPool
+    agents: dict[str, Any]
+    generators: dict[str, Any]
+    trainer: Any
+    buffer: LessonBuffer
+    runtime: Any
+    trained: str
+    """The agent the trainer updates."""
+
+    @property
+    def policy(self) -> Any:
+        """The generator of the trained agent: it receives the trainer's weights after every step."""
+        return self.generators[self.trained]
+
+
+def build_run(cfg: RunConfig) -> Run:
+    env = build_env(cfg)
+    tasks = env.problems(build_pool(cfg))
+    runtime = build_runtime(cfg.runtime)
+    check_models(cfg, tuple(cfg.agents))
+    agents = build_agents(runtime, cfg.agents, trained=cfg.trainable, seed=cfg.seed, lora=lora_kwargs(cfg))
+    generators = {name: agent.generator for name, agent in agents.items()}
+    return Run(env=env, tasks=tasks, agents=agents, generators=generators, trainer=build_trainer(runtime, cfg),
+               buffer=LessonBuffer(cfg.loop.buffer_size), runtime=runtime, trained=cfg.trainable)
+
+
+def build_pool(cfg: RunConfig) -> TaskPool:
+    t = cfg.tasks
+    return build_tasks(t.source, path=t.path, difficulty=t.difficulty, seed=cfg.seed, num_train=t.num_train,
+                       num_eval=t.num_eval, max_prompt_chars=t.max_prompt_chars, split=t.split,
+                       question_field=t.question_field, answer_field=t.answer_field)
 
 
 async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
-    """A run dir that holds a checkpoint continues from it; `resume` makes that required."""
+    """Every env, one loop. A run dir that holds a checkpoint continues from it; `resume` makes
+    that required. Episodes come from `rollout`, lessons carry the policy version that made them,
+    so the next round's episodes can later be generated while this round trains."""
     seed_everything(cfg.seed)
     run_dir = prepare_run_dir(cfg.run_dir)
     store = CheckpointStore(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
     saved = store.latest(config_dict(cfg), required=resume)
-    tasks = build_tasks(cfg.tasks.source, path=cfg.tasks.path, difficulty=cfg.tasks.difficulty, seed=cfg.seed,
-                        num_train=cfg.tasks.num_train, num_eval=cfg.tasks.num_eval,
-                        max_prompt_chars=cfg.tasks.max_prompt_chars, split=cfg.tasks.split,
-                        question_field=cfg.tasks.question_field, answer_field=cfg.tasks.answer_field)
-    runtime = build_runtime(cfg.runtime)
-    generators = build_generators(runtime, cfg, lora_kwargs(cfg))
-    agents = build_agents(cfg, generators)
-    trainer = build_trainer(runtime, cfg)
-    objectives = set(objective_registry.active(cfg.trainer.objectives))
-    encode = trained_encoder(cfg)
-    env = TutoringEnv(verify, max_rounds=cfg.env.max_rounds,
-                      score_top_k=objective_registry.teacher_top_k(cfg.trainer.objectives),
-                      max_reply_chars=cfg.env.max_reply_chars)
-    buffer = LessonBuffer(cfg.loop.buffer_size)
+    job = build_run(cfg)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=cfg.log.console, wandb_cfg=cfg.log.wandb,
-                 first_round=saved.progress.rounds_done if saved else 0, wandb_id=saved.wandb_id if saved else None)
-    await note_threads(runtime, log)
-    progress = await start(saved, cfg, tasks, log, trainer=trainer, generators=generators, buffer=buffer)
+                 columns=job.env.columns, first_round=saved.progress.rounds_done if saved else 0,
+                 wandb_id=saved.wandb_id if saved else None)
+    await note_threads(job.runtime, log)
+    progress = await start(saved, cfg, job, log)
     version, train_seconds = progress.version, 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
         if over_budget(train_seconds, cfg.loop.time_budget_minutes, log):
             break
         began = time.perf_counter()
-        problems_P = tasks.sample(cfg.loop.problems_per_round, r)
-        episodes_P = await run_episodes(env, agents, problems_P, runtime, cfg.runtime.round_retries,
-                                        resync=lambda: sync_weights(trainer, generators["student"]), log=log)
+        episodes_P = await rollout(job, cfg, r, log)
         episode_seconds = time.perf_counter() - began
-        buffer.add(to_lessons(episodes_P, verify, encode, objectives=objectives))
-        batch = buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
-                            max_per_kind=cfg.loop.max_lessons_per_step)
-        metrics = await trainer.step(batch)
-        version = await sync_weights(trainer, generators["student"])  # next round samples the new policy
-        metrics |= await generation_metrics(generators) | {"buffer/dropped_stale": float(buffer.dropped_stale)}
+        job.buffer.add(job.env.lessons(episodes_P))  # each lesson carries the policy version that made it
+        batch = job.buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
+                                max_per_kind=cfg.loop.max_lessons_per_step)
+        metrics = await job.trainer.step(batch)
+        version = await sync_weights(job.trainer, job.policy)  # next round samples the new policy
+        metrics |= await generation_metrics(job.generators) | lesson_counts(batch, job.buffer)
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
         train_seconds += timing["round/seconds"]
         if cfg.eval.every and (r + 1) % cfg.eval.every == 0 and r + 1 < cfg.loop.rounds:  # accuracy over time
-            metrics |= await evaluate(generators["student"], tasks, cfg, f"round {r}", log, key="eval/accuracy")
+            metrics |= await evaluate(job, cfg, None, f"round {r}", log)
         metrics["time/train_seconds"] = train_seconds
-        log.write(r, episode_metrics(episodes_P) | metrics | timing, episodes_P)
+        log.write(r, job.env.metrics(episodes_P) | metrics | timing, episodes_P)
         progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
-            await store.save(progress, trainer=trainer, generators=generators, buffer=buffer,
+            await store.save(progress, trainer=job.trainer, generators=job.generators, buffer=job.buffer,
                              wandb_id=log.wandb_id, config=config_dict(cfg))
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
-        summary |= await evaluate(generators["student"], tasks, cfg, "after", log)
-    await save_model(trainer, run_dir / "student")
-    log.note(f"student saved to {run_dir / 'student'}")
-    log.finish(summary)
-    runtime.shutdown()
+        summary |= await evaluate(job, cfg, "after", "after training", log)
+    await finish(job, cfg, run_dir, log, summary)
     return summary
 
 
-async def start(saved: Checkpoint | None, cfg: RunConfig, tasks: Any, log: RunLog, *, trainer: Any,
-                generators: dict[str, Any], buffer: LessonBuffer) -> Progress:
-    """Where the rounds begin: the checkpoint's state restored, or round 0 after the eval before."""
+async def rollout(job: Run, cfg: RunConfig, r: int, log: RunLog) -> list[Any]:
+    """Round r's episodes: a function of the round alone, so it can later run ahead of training."""
+    return await run_episodes(job.env, job.agents, job.tasks.sample(cfg.loop.problems_per_round, r), job.runtime,
+                              cfg.runtime.round_retries, resync=lambda: sync_weights(job.trainer, job.policy), log=log)
+
+
+async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog) -> Progress:
+    """Where the rounds begin: the checkpoint's state restored, or round 0 after the env's lessons
+    before it and the eval before."""
     if saved is not None:
         log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
-        return await restore(saved, trainer=trainer, generators=generators, buffer=buffer)
-    before = await evaluate(generators["student"], tasks, cfg, "before", log) if cfg.eval.before else {}
+        return await restore(saved, trainer=job.trainer, generators=job.generators, buffer=job.buffer,
+                             trained=job.trained)
+    job.buffer.add(job.env.prelude(job.tasks))
+    before = await evaluate(job, cfg, "before", "before training", log) if cfg.eval.before else {}
     return Progress(summary=before)
+
+
+async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, float]) -> None:
+    """The trained agent saved under its name, the transcripts rendered, the log closed."""
+    await save_model(job.trainer, run_dir / job.trained)
+    log.note(f"{job.trained} saved to {run_dir / job.trained}; transcripts: {write_viewer(run_dir, title=cfg.name)}")
+    log.finish(summary)
+    job.runtime.shutdown()
+
+
+def lesson_counts(batch: Any, buffer: LessonBuffer) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for lesson in batch:
+        counts[f"lessons/{lesson.objective}"] = counts.get(f"lessons/{lesson.objective}", 0.0) + 1
+    return counts | {"buffer/dropped_stale": float(buffer.dropped_stale)}
 
 
 def after_round(progress: Progress, r: int, version: int, metrics: dict[str, float], limit: int,
@@ -125,12 +168,10 @@ async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], ru
     raise AssertionError("unreachable")
 
 
-async def evaluate(generator: Any, tasks: Any, cfg: RunConfig, when: str, log: RunLog,
-                   key: str | None = None) -> dict[str, float]:
-    result = await greedy_accuracy(generator, tasks.eval, max_new_tokens=cfg.eval.max_new_tokens)
-    log.note(f"eval accuracy {when}{' training' if key is None else ''}: {result['accuracy']:.3f} "
-             f"({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)")
-    return {key or f"eval/accuracy_{when}": result["accuracy"]}
+async def evaluate(job: Run, cfg: RunConfig, label: str | None, when: str, log: RunLog) -> dict[str, float]:
+    metrics, line = await job.env.evaluate(job.agents, job.tasks.eval, label, max_new_tokens=cfg.eval.max_new_tokens)
+    log.note(f"eval {when}: {line}")
+    return metrics
 
 
 async def note_threads(runtime: Any, log: RunLog) -> None:
@@ -168,13 +209,6 @@ def round_timing(seconds: float, episode_seconds: float, metrics: dict[str, floa
     return {"round/seconds": seconds, "round/episode_seconds": episode_seconds,
             "round/overhead_share": max(0.0, 1.0 - model / seconds) if seconds else 0.0}
 
-
-def trained_encoder(cfg: RunConfig) -> TokenEncoder:
-    """The trained role's tokenizer, which encodes text targets once where lessons are made."""
-    from tutorloop.models import load_tokenizer, resolve_model
-
-    spec = cfg.agents[cfg.trainable]
-    return TokenEncoder(load_tokenizer(resolve_model(spec.model), trust_remote_code=spec.trust_remote_code))
 
 
 def prepare_run_dir(path: str) -> Path:

@@ -14,43 +14,13 @@ from typing import Any, Iterator, Sequence
 
 from tutorloop.checkpoint import write_file
 from tutorloop.config import WandbConfig
-from tutorloop.graders import undecodable
+from tutorloop.envs.correction import COLUMNS
 from tutorloop.types import Episode
 
-TABLE_COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),
-                 ("after feedback", "episodes/after_feedback_acc", "{:.2f}"),
-                 ("corrections ok", "episodes/corrections_accepted_rate", "{:.2f}"),
-                 ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("kd", "loss/kd", "{:.3f}"),
-                 ("KL t-s", "kl/teacher_student", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
-                 ("s", "round/seconds", "{:.1f}"))
+TABLE_COLUMNS = COLUMNS
+"""The default per-round table: the correction env's."""
 TRANSCRIPT_COLUMNS = ["round", "problem_id", "turn", "role", "kind", "move", "text", "correct", "provenance",
                       "policy_version"]
-
-
-def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
-    n = max(len(episodes), 1)
-    total = {key: sum(e.rewards.get(key, 0.0) for e in episodes) for key in
-             ("first_try", "final", "corrections", "corrections_accepted", "reference_fallbacks", "hint_leaks")}
-    return {
-        "episodes/first_try_acc": total["first_try"] / n,
-        "episodes/after_feedback_acc": total["final"] / n,
-        "episodes/corrections": total["corrections"],
-        "episodes/corrections_accepted_rate": total["corrections_accepted"] / max(total["corrections"], 1.0),
-        "episodes/reference_fallbacks": total["reference_fallbacks"],
-        "episodes/hint_leaks": total["hint_leaks"],
-        "episodes/turns_mean": sum(len(e.turns) for e in episodes) / n,
-    } | reply_counts(episodes)
-
-
-def reply_counts(episodes: Sequence[Episode]) -> dict[str, float]:
-    """Model replies that were handled rather than trusted, per round: an empty or answerless student
-    reply grades wrong, a cut reply is re-verified, an undecodable one never becomes a target."""
-    turns = [t for e in episodes for t in e.turns]
-    student = [t for t in turns if t.role == "student"]
-    return {"episodes/empty_replies": float(sum(not t.text.strip() for t in student)),
-            "episodes/no_answer": float(sum(bool(t.text.strip()) and t.answer is None for t in student)),
-            "episodes/truncated_replies": float(sum(t.truncated for t in turns)),
-            "episodes/invalid_utf8_replies": float(sum(undecodable(t.text) for t in turns))}
 
 
 def episode_record(round_index: int, episode: Episode) -> dict[str, Any]:

@@ -195,8 +195,8 @@ def _sdpa_fp32(module: Any, query: Any, key: Any, value: Any, attention_mask: An
 
 def _load_failure(path: Path, exc: Exception, field: str) -> str:
     if "trust_remote_code" in str(exc):
-        section = field.rpartition(".")[0] or "agents.<role>"
-        return (f"'{path}' needs the Python code shipped inside it; set {section}.trust_remote_code=true "
+        section = field.rpartition(".")[0] or "agents.<name>"
+        return (f"'{path}' needs the Python code shipped inside it; set {section}.generator.trust_remote_code=true "
                 "only if you trust that code")
     return f"cannot load the model at '{path}' ({_first_line(exc)})"
 

@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-Role = Literal["student", "teacher", "mentor", "tutor", "sim_student", "tagger"]
-ROLES: tuple[Role, ...] = ("student", "teacher", "mentor")
-"""The roles of the correction loop; a tutoring dialogue has a tutor, a simulated student and a
-move tagger instead (DIALOGUE_ROLES)."""
-DIALOGUE_ROLES: tuple[Role, ...] = ("tutor", "sim_student", "tagger")
+Role = str
+"""The part a turn's speaker plays in its env ("student", "teacher", "tutor", ...): what lessons and
+metrics read. Agents have free names from the config; the env's config says who plays which part."""
 Move = Literal["focus", "probing", "telling", "generic"]
 MOVES: tuple[Move, ...] = ("focus", "probing", "telling", "generic")
 """MathDial's teacher moves (Macina et al. 2023): steer attention, draw out reasoning, reveal,

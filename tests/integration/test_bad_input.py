@@ -77,7 +77,7 @@ def test_model_that_ships_code_needs_trust_remote_code(tmp_path, capsys, tiny_lm
                                                  "AutoModelForCausalLM": "modeling_evil.EvilModel"}}
     (student / "config.json").write_text(json.dumps(config))
     err = _one_line_error(capsys, ["run", _config(tmp_path, student, tiny_teacher_dir)])
-    assert "agents.student.model" in err and "agents.student.trust_remote_code=true" in err
+    assert "agents.student.model" in err and "agents.student.generator.trust_remote_code=true" in err
     assert not marker.exists()
 
 
@@ -199,7 +199,7 @@ def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path, capsys, monkeyp
 
 def test_ten_thousand_token_replies_from_a_run(tmp_path, capsys, tiny_lm_dir):
     long_reply = "Let me think about this slowly. " * 1300  # ~42k characters, ~10k tokens
-    scripted = f"{{generator: scripted, replies: [{json.dumps(long_reply)}]}}"
+    scripted = f"{{generator: {{kind: scripted, replies: [{json.dumps(long_reply)}]}}}}"
     config = _config(tmp_path, tiny_lm_dir, tiny_lm_dir)
     assert main(["run", config, f"agents.teacher={scripted}", f"agents.mentor={scripted}",
                  "trainer.objectives={sft: 1, dpo: 0.5}", "trainer.max_seq_len=256"]) == 0

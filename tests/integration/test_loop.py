@@ -17,8 +17,9 @@ def tiny_config(tmp_path, student, teacher, **sections):
     raw = {
         "name": "tiny", "run_dir": str(tmp_path / "run"),
         "agents": {"student": {"model": str(student), "sampling": {"max_new_tokens": 12}},
-                   "teacher": {"model": str(teacher), "num_candidates": 2, "sampling": {"max_new_tokens": 12}},
+                   "teacher": {"model": str(teacher), "sampling": {"max_new_tokens": 12}},
                    "mentor": {"model": str(teacher), "sampling": {"max_new_tokens": 8}}},
+        "env": {"name": "correction", "num_candidates": 2},
         "tasks": {"num_train": 24, "num_eval": 4},
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                     "objectives": {"sft": 1.0, "dpo": 0.5, "kd": {"top_k": 8}}},
@@ -33,13 +34,14 @@ def tiny_config(tmp_path, student, teacher, **sections):
 
 def _capture_generators(monkeypatch):
     captured = {}
-    real = loop.build_generators
+    real = loop.build_agents
 
     def spy(*args, **kwargs):
-        captured.update(real(*args, **kwargs))
-        return captured
+        agents = real(*args, **kwargs)
+        captured.update({name: agent.generator for name, agent in agents.items()})
+        return agents
 
-    monkeypatch.setattr(loop, "build_generators", spy)
+    monkeypatch.setattr(loop, "build_agents", spy)
     return captured
 
 
@@ -113,3 +115,20 @@ def test_eval_every_two_rounds_without_a_budget_runs_every_round(tmp_path, tiny_
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [("eval/accuracy" in r) for r in rows] == [False, True, False]  # the last round is "after"'s job
     assert rows[0]["time/train_seconds"] < rows[1]["time/train_seconds"] < rows[2]["time/train_seconds"]
+
+
+def test_rollouts_env_runs_through_the_same_loop_and_distils_its_groups(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+    """G = 3 samples per problem, each scored by the teacher: every sample is an OPD lesson."""
+    cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, loop={"rounds": 1, "problems_per_round": 2},
+                      eval={"before": False, "after": True, "max_new_tokens": 6})
+    raw = cfg.model_dump(mode="json")
+    raw["agents"].pop("mentor")
+    raw["env"] = {"name": "rollouts", "student": "student", "teacher": "teacher", "group_size": 3, "top_k": 4}
+    raw["trainer"] |= {"weights": {"sft": 0.0, "dpo": 0.0, "opd": 1.0}}
+    summary = asyncio.run(loop.run(validate_config(raw)))
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert row["rollouts/samples"] == 6.0 and 0.0 <= row["rollouts/reward_mean"] <= 1.0
+    assert row["lessons/opd"] == 6 and row["policy_version"] == 1 and "loss/opd" in row
+    (episode, _) = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert len(episode["turns"]) == 3 and all(t["teacher_scores"] for t in episode["turns"])
+    assert "eval/accuracy_after" in summary

@@ -45,8 +45,14 @@ def ray_config(tmp_path, student, teacher, **sections):
 
 def _capture(monkeypatch):
     captured = {}
-    real = loop.build_generators
-    monkeypatch.setattr(loop, "build_generators", lambda *a, **k: captured.update(real(*a, **k)) or captured)
+    real = loop.build_agents
+
+    def spy(*args, **kwargs):
+        agents = real(*args, **kwargs)
+        captured.update({name: agent.generator for name, agent in agents.items()})
+        return agents
+
+    monkeypatch.setattr(loop, "build_agents", spy)
     return captured
 
 
@@ -70,10 +76,10 @@ def test_loop_runs_with_every_role_in_an_actor_and_replicas(ray_local, tmp_path,
 
 def test_a_killed_actor_is_restarted_and_the_round_retried(ray_local, tmp_path, tiny_lm_dir, tiny_teacher_dir,
                                                            monkeypatch):
-    from tutorloop.envs.tutoring import TutoringEnv
+    from tutorloop.envs.correction import CorrectionEnv
 
     generators = _capture(monkeypatch)
-    killed, real_run = [], TutoringEnv.run
+    killed, real_run = [], CorrectionEnv.run
 
     async def run_and_kill(self, problem, agents):
         if len(killed) == 0 and generators:  # first episode: kill the teacher mid-round
@@ -81,7 +87,7 @@ def test_a_killed_actor_is_restarted_and_the_round_retried(ray_local, tmp_path, 
             killed.append(problem.id)
         return await real_run(self, problem, agents)
 
-    monkeypatch.setattr(TutoringEnv, "run", run_and_kill)
+    monkeypatch.setattr(CorrectionEnv, "run", run_and_kill)
     cfg = ray_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, **{"eval.after": False})
     asyncio.run(loop.run(cfg))
     assert killed and [r["round"] for r in _rounds(tmp_path)] == [0, 1]

@@ -44,7 +44,9 @@ def test_roles_on_different_nodes_complete_two_rounds(two_nodes, tmp_path, tiny_
         "agents.student.resources": node_b, "trainer.resources": node_b, "eval.after": False})
     teacher_node, student_node = [], []
 
-    real_env_run = loop.TutoringEnv.run
+    from tutorloop.envs.correction import CorrectionEnv
+
+    real_env_run = CorrectionEnv.run
 
     async def run_and_locate(self, problem, agents):  # read placements while the actors are alive
         if not teacher_node:
@@ -52,7 +54,7 @@ def test_roles_on_different_nodes_complete_two_rounds(two_nodes, tmp_path, tiny_
             student_node.append(_node_of(generators["student"].handles[0]))
         return await real_env_run(self, problem, agents)
 
-    monkeypatch.setattr(loop.TutoringEnv, "run", run_and_locate)
+    monkeypatch.setattr(CorrectionEnv, "run", run_and_locate)
     asyncio.run(loop.run(cfg))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1]

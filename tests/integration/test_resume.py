@@ -34,8 +34,9 @@ name: {name}
 run_dir: {tmp_path / name}
 agents:
   student: {{model: {student}, sampling: {{max_new_tokens: 8}}}}
-  teacher: {{model: {teacher}, num_candidates: 2, sampling: {{max_new_tokens: 8}}}}
+  teacher: {{model: {teacher}, sampling: {{max_new_tokens: 8}}}}
   mentor: {{model: {teacher}, sampling: {{max_new_tokens: 6}}}}
+env: {{name: correction, num_candidates: 2}}
 tasks: {{num_train: 24, num_eval: 3}}
 trainer: {{lr: 0.01, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}, objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
 loop: {{rounds: {ROUNDS}, problems_per_round: 2}}

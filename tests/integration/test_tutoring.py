@@ -32,11 +32,11 @@ def problems_file(tmp_path):
 def tutoring_config(tmp_path, tutor, student_replies=STUDENT, **sections):
     raw = {
         "name": "tiny-tutoring", "run_dir": str(tmp_path / "run"),
-        "agents": {"tutor": {"model": str(tutor), "num_candidates": 2, "sampling": {"max_new_tokens": 8}},
-                   "sim_student": {"generator": "scripted", "replies": list(student_replies)},
-                   "tagger": {"generator": "scripted", "replies": ["probing"]}},
+        "agents": {"tutor": {"model": str(tutor), "sampling": {"max_new_tokens": 8}},
+                   "sim_student": {"generator": {"kind": "scripted", "replies": list(student_replies)}},
+                   "tagger": {"generator": {"kind": "scripted", "replies": ["probing"]}}},
         "tasks": {"source": "jsonl", "path": str(problems_file(tmp_path)), "num_train": 0, "num_eval": 1},
-        "dialogue": {"max_turns": 3},
+        "env": {"name": "dialogue", "max_turns": 3, "num_candidates": 2},
         "trainer": {"lr": 1e-2, "objectives": {"sft": 1.0, "dpo": 0.5},
                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "loop": {"rounds": 2, "problems_per_round": 1},
@@ -73,6 +73,21 @@ def test_tutoring_run_trains_the_tutor_and_writes_metrics_transcripts_and_viewer
     assert "Round 1" in html and "probing" in html
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert list(offline.glob("*.wandb"))
+
+
+def test_a_tutoring_run_resumes_and_evaluates_during_training_like_any_run(tmp_path, tiny_lm_dir):
+    """Dialogues run through the one loop: a checkpoint after round 0, a continuation to 3 rounds
+    with `eval.every=1` (greedy tutor on the held-out students after round 1, not after the last)."""
+    config = str(tutoring_config(tmp_path, tiny_lm_dir, eval={"before": False, "after": False}, loop={"rounds": 1}))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert main(["run", config]) == 0
+    (first,) = metrics.read_text().splitlines()
+    assert main(["run", config, "--resume", "loop.rounds=3", "eval.every=1"]) == 0
+    assert metrics.read_text().splitlines()[0] == first  # round 0 was not run again
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2] and [r["policy_version"] for r in rows] == [1, 2, 3]  # continued
+    assert ["eval/success@2" in r for r in rows] == [False, True, False]
+    assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "tutor").is_dir()
 
 
 def test_chat_as_student_through_stdin(tmp_path, tiny_lm_dir):
@@ -117,7 +132,7 @@ def test_embedded_smollm2_tutoring_run(tmp_path):
     """configs/tutoring_default.yaml, cut to one short round: SmolLM2 tutor, student and tagger."""
     config = str(Path(__file__).resolve().parents[2] / "configs" / "tutoring_default.yaml")
     assert main(["run", config, f"run_dir={tmp_path / 'run'}", "loop.rounds=1", "loop.problems_per_round=2",
-                 "tasks.num_eval=1", "eval.before=false", "dialogue.max_turns=3", "log.wandb.mode=disabled"]) == 0
+                 "tasks.num_eval=1", "eval.before=false", "env.max_turns=3", "log.wandb.mode=disabled"]) == 0
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     success = [row[f"tutoring/success@{k}"] for k in range(1, 8)]
     telling = [row[f"tutoring/telling@{k}"] for k in range(1, 8)]

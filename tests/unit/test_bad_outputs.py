@@ -4,14 +4,11 @@ model; one test per kind."""
 
 import asyncio
 
-from tutorloop.agents.mentor import MentorAgent
-from tutorloop.agents.student import StudentAgent
-from tutorloop.agents.teacher import TeacherAgent
+from tutorloop.agents import Agent
+from tutorloop.envs.correction import CorrectionEnv, episode_metrics
 from tutorloop.envs.to_examples import to_lessons
-from tutorloop.envs.tutoring import TutoringEnv
 from tutorloop.generators.scripted import ScriptedGenerator
-from tutorloop.graders import contains_number, verify
-from tutorloop.metrics import episode_metrics
+from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Problem, SamplingParams
 
@@ -23,10 +20,9 @@ LONG = "Let me think about this very carefully. " * 1000  # ~40k characters, ~10
 
 def _episode(student, teacher=(GOOD_CORRECTION,), mentor=("Check the sum.",), max_reply_chars=4000):
     params = SamplingParams()
-    agents = {"student": StudentAgent(ScriptedGenerator(student), params),
-              "teacher": TeacherAgent(ScriptedGenerator(teacher), params, num_candidates=1, verify=verify),
-              "mentor": MentorAgent(ScriptedGenerator(mentor), params, contains_answer=contains_number)}
-    env = TutoringEnv(verify, max_rounds=1, max_reply_chars=max_reply_chars)
+    agents = {name: Agent(name, ScriptedGenerator(replies), params)
+              for name, replies in (("student", student), ("teacher", teacher), ("mentor", mentor))}
+    env = CorrectionEnv(max_rounds=1, max_reply_chars=max_reply_chars)
     return asyncio.run(env.run(PROBLEM, agents))
 
 

@@ -7,7 +7,6 @@ import pytest
 from tutorloop.config import load_config
 from tutorloop.objectives import REGISTRY, Params
 from tutorloop.errors import UserError
-from tutorloop.types import DIALOGUE_ROLES, ROLES
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -15,7 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_validates(path):
     cfg = load_config(path)
-    assert set(cfg.agents) == set(DIALOGUE_ROLES if cfg.dialogue else ROLES)
+    assert set(cfg.agents) == set(cfg.env.parts().values())
     assert set(cfg.trainer.objectives) <= set(REGISTRY)
     assert all(isinstance(p, REGISTRY[name].params) for name, p in cfg.trainer.objectives.items())
 
@@ -23,6 +22,12 @@ def test_every_config_validates(path):
 def test_configs_exist():
     assert any(p.name == "default.yaml" for p in CONFIGS)
     assert any(p.name == "tutoring_default.yaml" for p in CONFIGS)
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
 
 
 def _error(tmp_path, text, overrides=()):
@@ -100,7 +105,30 @@ def test_unknown_role(tmp_path):
 
 
 def test_missing_required_role(tmp_path):
-    assert "missing roles ['mentor']" in _error(tmp_path, "agents: {student: {}, teacher: {}}\n")
+    assert "env.mentor: names agent 'mentor', which `agents` lacks" in _error(tmp_path, "agents: {student: {}, teacher: {}}\n")
+
+
+def test_agents_have_free_names_and_the_env_casts_them(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("agents: {alice: {}, bob: {generator: hf}, carol: {}}\n"
+                    "env: {student: alice, teacher: bob, mentor: carol, num_candidates: 3}\n")
+    cfg = load_config(path)
+    assert cfg.env.name == "correction" and cfg.trainable == "alice" and cfg.env.num_candidates == 3
+    assert cfg.agents["bob"].generator.kind == "hf"
+    assert "env.teacher: names agent 'judge'" in _error(tmp_path, path.read_text(), ["env.teacher=judge"])
+    assert "env: Input tag 'debate'" in _error(tmp_path, path.read_text(), ["env.name=debate"])
+
+
+def test_each_generator_takes_only_its_own_fields(tmp_path):
+    vllm = load_config(_write(tmp_path, BASE), ["agents.teacher.generator.kind=vllm",
+                                                "agents.teacher.generator.tensor_parallel=2"])
+    assert vllm.agents["teacher"].generator.tensor_parallel == 2
+    # The tag is not part of the field's name: the user wrote generator.base_url.
+    assert "agents.teacher.generator.base_url: unknown key" in _error(
+        tmp_path, BASE, ["agents.teacher.generator.base_url=http://h/v1"])
+    assert "agents.teacher.generator.base_url: Field required" in _error(
+        tmp_path, BASE, ["agents.teacher.generator.kind=openai", "agents.teacher.model=m"])
+    assert "agents.mentor.generator.replies" in _error(tmp_path, BASE, ["agents.mentor.generator=scripted"])
 
 
 def test_missing_required_data_path(tmp_path):
@@ -115,7 +143,7 @@ def test_remote_code_is_off_unless_the_config_turns_it_on(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(BASE)
     assert not any(spec.trust_remote_code for spec in load_config(path).agents.values())
-    assert load_config(path, ["agents.teacher.trust_remote_code=true"]).agents["teacher"].trust_remote_code
+    assert load_config(path, ["agents.teacher.generator.trust_remote_code=true"]).agents["teacher"].trust_remote_code
 
 
 def test_unknown_backend(tmp_path):
@@ -151,36 +179,37 @@ def test_config_is_frozen(tmp_path):
 
 
 def test_opd_needs_a_scoring_teacher(tmp_path):
-    text = "agents: {student: {}, teacher: {generator: scripted, replies: [a]}, mentor: {}}\n"
+    text = "agents: {student: {}, teacher: {generator: {kind: scripted, replies: [a]}}, mentor: {}}\n"
     assert "needs a teacher that can score" in _error(tmp_path, text)
 
 
 def test_every_field_is_documented():
     from pydantic import BaseModel
 
-    from tutorloop import config
+    from tutorloop import agent_config, config, env_config
 
+    modules = {m.__name__ for m in (config, agent_config, env_config)}
     models = [m for m in vars(config).values() if isinstance(m, type) and issubclass(m, BaseModel)
-              and m.__module__ == config.__name__ and m is not config.Strict]
+              and m.__module__ in modules and m is not config.Strict]
+    assert config.AgentConfig in models and config.DialogueEnvConfig in models
     for model in models:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
 
 
-TUTORING = "agents: {tutor: {}, sim_student: {}, tagger: {}}\ndialogue: {}\ntrainer: {objectives: {sft: 1}}\n"
+TUTORING = "agents: {tutor: {}, sim_student: {}, tagger: {}}\nenv: {name: dialogue}\ntrainer: {objectives: {sft: 1}}\n"
 
 
 def test_tutoring_run_has_its_own_roles(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(TUTORING)
     cfg = load_config(path)
-    assert cfg.trainable == "tutor" and cfg.dialogue.max_turns == 7
-    assert "missing roles ['tagger']" in _error(tmp_path, TUTORING.replace(", tagger: {}", ""))
-    assert "['tutor'] not used by this run" in _error(tmp_path, BASE + "", ["agents.tutor.model=x"])
-    assert "trainer.objectives.kd: a tutoring run makes no lessons with teacher scores" in _error(
-        tmp_path, TUTORING, ["trainer.objectives.kd=1"])
-    assert "trainable tutor needs a model generator" in _error(
-        tmp_path, TUTORING, ["agents.tutor.generator=scripted", "agents.tutor.replies=[hi]"])
+    assert cfg.trainable == "tutor" and cfg.env.max_turns == 7
+    assert "env.tagger: names agent 'tagger'" in _error(tmp_path, TUTORING.replace(", tagger: {}", ""))
+    assert "agents.tutor: not used by env 'correction'" in _error(tmp_path, BASE + "", ["agents.tutor.model=x"])
+    assert "trainer.objectives.kd: env 'dialogue' has no teacher" in _error(tmp_path, TUTORING, ["trainer.objectives.kd=1"])
+    assert "agents.tutor: the trained agent needs a model generator" in _error(
+        tmp_path, TUTORING, ["agents.tutor.generator.kind=scripted", "agents.tutor.generator.replies=[hi]"])
 
 
 def test_autocast_off_survives_yaml(tmp_path):
@@ -189,3 +218,19 @@ def test_autocast_off_survives_yaml(tmp_path):
     assert load_config(path).trainer.autocast == "off"
     assert load_config(path, ["trainer.autocast=bfloat16"]).trainer.autocast == "bfloat16"
     assert "trainer.autocast" in _error(tmp_path, BASE, ["trainer.autocast=fp8"])
+
+
+def test_every_env_and_generator_config_has_its_registry_entry():
+    from tutorloop.agent_config import GENERATOR_KINDS
+    from tutorloop.env_config import ENV_NAMES
+    from tutorloop.envs import ENVS
+    from tutorloop.generators import GENERATORS
+
+    assert set(ENVS) == set(ENV_NAMES) and set(GENERATORS) == set(GENERATOR_KINDS)
+
+
+def test_keys_from_before_issue_13_say_where_they_went(tmp_path):
+    assert "agents.teacher: num_candidates: moved to env.num_candidates" in _error(
+        tmp_path, BASE, ["agents.teacher.num_candidates=2"])
+    assert "agents.teacher: base_url: moved under generator" in _error(tmp_path, BASE, ["agents.teacher.base_url=x"])
+    assert "dialogue: moved into env" in _error(tmp_path, BASE, ["dialogue.max_turns=3"])

@@ -3,16 +3,14 @@ keeps, and the tutor's lessons (SFT on success without telling, DPO success > te
 
 import asyncio
 
-from tutorloop.agents import prompts
-from tutorloop.agents.sim_student import SimStudentAgent
-from tutorloop.agents.tagger import TaggerAgent, parse_move
-from tutorloop.agents.tutor import TutorAgent
+from tutorloop.envs import prompts
+from tutorloop.agents import Agent
 from tutorloop.envs.dialogue import DialogueEnv
+from tutorloop.envs.moves import parse_move
 from tutorloop.envs.to_examples import to_tutor_lessons
 from tutorloop.generators.scripted import ScriptedGenerator
-from tutorloop.graders import contains_number
 from tutorloop.trainers.encoding import TokenEncoder
-from tutorloop.types import Problem, SamplingParams, StopReason, Turn
+from tutorloop.types import Completion, Problem, SamplingParams, StopReason
 
 PROBLEM = Problem("p1", "Ana has 3 bags of 4 plums. How many plums?", answer="12",
                   solution="3 * 4 = 12.\nThe answer is 12.", incorrect_solution="3 + 4 = 7.\nThe answer is 7.",
@@ -20,10 +18,9 @@ PROBLEM = Problem("p1", "Ana has 3 bags of 4 plums. How many plums?", answer="12
 PARAMS = SamplingParams(temperature=0.0, max_new_tokens=16)
 
 
-def agents(tutor_replies, student_replies, tags=("probing",), candidates=1):
-    return {"tutor": TutorAgent(ScriptedGenerator(tutor_replies), PARAMS, num_candidates=candidates),
-            "sim_student": SimStudentAgent(ScriptedGenerator(student_replies), PARAMS),
-            "tagger": TaggerAgent(ScriptedGenerator(tags), PARAMS, contains_answer=contains_number)}
+def agents(tutor_replies, student_replies, tags=("probing",)):
+    return {name: Agent(name, ScriptedGenerator(replies), PARAMS)
+            for name, replies in (("tutor", tutor_replies), ("sim_student", student_replies), ("tagger", tags))}
 
 
 def run(env, agents_):
@@ -60,15 +57,14 @@ def test_runs_out_of_turns_and_the_tagger_marks_telling():
 
 def test_a_quit_turn_ends_the_dialogue_and_is_not_kept():
     class Quitter:
-        role, trainable = "sim_student", False
+        name, provenance, sampling = "sim_student", "human", PARAMS
 
         def __init__(self):
             self.calls = 0
 
-        async def act(self, problem, history):
+        async def sample(self, messages, n=1, sampling=None):
             self.calls += 1
-            kind = "quit" if self.calls == 2 else "utterance"
-            return Turn(role="sim_student", text="7", prompt=(), kind=kind)
+            return [Completion("7", (), (), finish_reason="quit" if self.calls == 2 else "stop")]
 
     episode = run(DialogueEnv(max_turns=7, telling_penalty=0.5), agents(["Why?"], []) | {"sim_student": Quitter()})
     assert [t.role for t in episode.turns] == ["tutor", "sim_student", "tutor"]
@@ -77,19 +73,19 @@ def test_a_quit_turn_ends_the_dialogue_and_is_not_kept():
 def test_transcript_keeps_tokens_policy_version_and_alternatives():
     tutor_generator = ScriptedGenerator(["Why 3 + 4?", "The answer is 12."])
     tutor_generator.version = 5
-    episode = run(DialogueEnv(max_turns=1, telling_penalty=0.5),
-                  {**agents([], ["7", "Oh, 12."]), "tutor": TutorAgent(tutor_generator, PARAMS, num_candidates=2)})
+    episode = run(DialogueEnv(max_turns=1, telling_penalty=0.5, num_candidates=2),
+                  {**agents([], ["7", "Oh, 12."]), "tutor": Agent("tutor", tutor_generator, PARAMS)})
     tutor = episode.turns[2]
     assert tutor.text == "Why 3 + 4?" and tutor.alternatives == ("The answer is 12.",)
     assert tutor.policy_version == 5 and tutor.kind == "utterance"
 
 
 def test_lessons_sft_on_success_without_telling_and_dpo_success_over_telling(tiny_tokenizer):
-    good = run(DialogueEnv(max_turns=3, telling_penalty=0.5),
+    good = run(DialogueEnv(max_turns=3, telling_penalty=0.5, num_candidates=2),
                agents(["Why 3 + 4?", "It is 12.", "Count one bag.", "Sure, 12 is right: 3 * 4."],
-                      ["7", "Because.", "Oh, 12."], candidates=2))
-    told = run(DialogueEnv(max_turns=3, telling_penalty=0.5),
-               agents(["It is 12.", "Why?"], ["7", "Ok, 12."], candidates=2))
+                      ["7", "Because.", "Oh, 12."]))
+    told = run(DialogueEnv(max_turns=3, telling_penalty=0.5, num_candidates=2),
+               agents(["It is 12.", "Why?"], ["7", "Ok, 12."]))
     encode = TokenEncoder(tiny_tokenizer)
     lessons = to_tutor_lessons([good, told], encode, objectives={"sft", "dpo"})
     batch = {name: [x for x in lessons if x.objective == name] for name in ("sft", "dpo")}

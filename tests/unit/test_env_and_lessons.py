@@ -2,13 +2,12 @@
 
 import asyncio
 
-from tutorloop.agents.mentor import MentorAgent, redact_number
-from tutorloop.agents.student import StudentAgent
-from tutorloop.agents.teacher import TeacherAgent
+from tutorloop.agents import Agent
+from tutorloop.envs.correction import CorrectionEnv
+from tutorloop.envs.moves import redact_number
 from tutorloop.envs.to_examples import to_lessons
-from tutorloop.envs.tutoring import TutoringEnv
 from tutorloop.generators.scripted import ScriptedGenerator
-from tutorloop.graders import contains_number, verify
+from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Problem, SamplingParams, StopReason, TokenScores
 
@@ -17,10 +16,9 @@ PROBLEM = Problem(id="p1", prompt="Sara has 6 apples and buys 23 more. How many?
 PARAMS = SamplingParams()
 
 
-def _agents(student, teacher, mentor, k=1):
-    return {"student": StudentAgent(ScriptedGenerator(student), PARAMS),
-            "teacher": TeacherAgent(ScriptedGenerator(teacher), PARAMS, num_candidates=k, verify=verify),
-            "mentor": MentorAgent(ScriptedGenerator(mentor), PARAMS, contains_answer=contains_number)}
+def _agents(student, teacher, mentor):
+    return {name: Agent(name, ScriptedGenerator(replies), PARAMS)
+            for name, replies in (("student", student), ("teacher", teacher), ("mentor", mentor))}
 
 
 def _lessons(tokenizer, episodes, objectives):
@@ -29,8 +27,8 @@ def _lessons(tokenizer, episodes, objectives):
     return {name: [x for x in lessons if x.objective == name] for name in ("sft", "dpo", "redi", "kd", "opd_pg")}
 
 
-def _run(agents, max_rounds=1):
-    return asyncio.run(TutoringEnv(verify, max_rounds=max_rounds).run(PROBLEM, agents))
+def _run(agents, max_rounds=1, k=1):
+    return asyncio.run(CorrectionEnv(max_rounds=max_rounds, num_candidates=k).run(PROBLEM, agents))
 
 
 def test_wrong_attempt_gets_correction_feedback_and_revision():
@@ -55,8 +53,8 @@ def test_right_first_try_ends_at_once():
 
 def test_teacher_keeps_the_first_verified_candidate():
     agents = _agents(["The answer is 11."], ["Mistake: a\nSolution: The answer is 12.",
-                                             "Mistake: b\nSolution: 6 + 23 = 29. The answer is 29."], ["hint"], k=2)
-    episode = _run(agents)
+                                             "Mistake: b\nSolution: 6 + 23 = 29. The answer is 29."], ["hint"])
+    episode = _run(agents, k=2)
     correction = episode.turns[1]
     assert correction.correct and correction.provenance == "model" and "Mistake: b" in correction.text
 
@@ -81,7 +79,7 @@ def test_unverified_text_never_becomes_a_target(tiny_tokenizer):
     wrong_everything = _agents(["The answer is 11.", "The answer is 12."], ["Solution: The answer is 30."],
                                ["hint"])
     problem_without_reference = Problem(id="p2", prompt=PROBLEM.prompt, answer="29")
-    episode = asyncio.run(TutoringEnv(verify, max_rounds=1).run(problem_without_reference, wrong_everything))
+    episode = asyncio.run(CorrectionEnv(max_rounds=1).run(problem_without_reference, wrong_everything))
     assert to_lessons([episode], verify, TokenEncoder(tiny_tokenizer), objectives={"sft", "dpo", "kd"}) == []
 
 
@@ -137,8 +135,12 @@ def test_distillation_lessons_carry_tokens_scores_and_version(tiny_tokenizer):
 
 
 def test_agents_satisfy_the_protocol():
-    from tutorloop.agents.protocol import Agent, Generator
+    from tutorloop.agents.protocol import AgentHandle, Generator
+    from tutorloop.envs import ENVS, Env
 
     agents = _agents(["a"], ["b"], ["c"])
-    assert all(isinstance(a, Agent) for a in agents.values())
+    assert all(isinstance(a, AgentHandle) for a in agents.values())
+    knobs = {"correction": {"max_rounds": 1}, "dialogue": {"max_turns": 1, "telling_penalty": 0.0},
+             "rollouts": {"group_size": 2}}
+    assert set(ENVS) == set(knobs) and all(isinstance(cls(**knobs[name]), Env) for name, cls in ENVS.items())
     assert isinstance(ScriptedGenerator(["a"]), Generator)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.agents.prompts import privileged, student_attempt, student_revision
+from tutorloop.envs.prompts import privileged, student_attempt, student_revision
 from tutorloop.errors import UserError
-from tutorloop.evaluation import evaluate, greedy_accuracy, pass_at_k, result_record, stop_regex
+from tutorloop.envs.evaluation import evaluate, greedy_accuracy, pass_at_k, result_record, stop_regex
 from tutorloop.generators.scripted import ScriptedGenerator
 from tutorloop.graders import ANSWER_STOP, BOXED_STOP, last_boxed, verify
 from tutorloop.tasks.sources import build_tasks, load_hf, load_math500, load_problems, load_svamp

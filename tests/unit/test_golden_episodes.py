@@ -15,12 +15,11 @@ import json
 import os
 from pathlib import Path
 
-from tutorloop.agents import build_agents, spawn_generator
+from tutorloop.agents import Agent, build_agents, sampling
 from tutorloop.config import config_dict, validate_config
-from tutorloop.envs import TutoringEnv
+from tutorloop.envs import build_env
 from tutorloop.generators.scripted import ScriptedGenerator
-from tutorloop.graders import verify
-from tutorloop.metrics import RunLog, episode_metrics
+from tutorloop.metrics import RunLog
 from tutorloop.runtime.local import LocalRuntime
 from tutorloop.tasks import build_tasks
 
@@ -48,8 +47,10 @@ def golden_config(tmp_path):
     return validate_config({
         "name": "golden", "run_dir": str(tmp_path / "run"), "seed": 0,
         "agents": {"student": {},
-                   "teacher": {"generator": "scripted", "num_candidates": 2, "replies": list(TEACHER)},
-                   "mentor": {"generator": "scripted", "replies": list(MENTOR)}},
+                   "teacher": {"generator": {"kind": "scripted", "replies": list(TEACHER)}},
+                   "mentor": {"generator": {"kind": "scripted", "replies": list(MENTOR)}}},
+        "env": {"name": "correction", "student": "student", "teacher": "teacher", "mentor": "mentor",
+                "num_candidates": 2},
         "tasks": {"source": "arithmetic", "difficulty": 1, "num_train": 3, "num_eval": 1},
         "trainer": {"objectives": {"sft": 1.0, "dpo": 0.5}},
         "loop": {"rounds": 1, "problems_per_round": 3},
@@ -59,18 +60,16 @@ def golden_config(tmp_path):
 
 async def write_one_round(cfg):
     runtime = LocalRuntime()
-    generators = {"student": ScriptedGenerator(STUDENT)} | {
-        role: spawn_generator(runtime, cfg.agents[role], cfg.seed) for role in ("teacher", "mentor")}
-    agents = build_agents(cfg, generators)
+    agents = build_agents(runtime, cfg.agents, trained=None, seed=cfg.seed, names=("teacher", "mentor")) | {
+        "student": Agent("student", ScriptedGenerator(STUDENT), sampling(cfg.agents["student"]))}
     tasks = build_tasks(cfg.tasks.source, path=None, difficulty=cfg.tasks.difficulty, num_train=cfg.tasks.num_train,
                         num_eval=cfg.tasks.num_eval, seed=cfg.seed)
-    env = TutoringEnv(verify, max_rounds=cfg.env.max_rounds, score_top_k=0,
-                      max_reply_chars=cfg.env.max_reply_chars)
+    env = build_env(cfg)
     episodes = await asyncio.gather(*(env.run(p, agents) for p in tasks.sample(cfg.loop.problems_per_round, 0)))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True)
     log = RunLog(run_dir, name=cfg.name, config=config_dict(cfg), console=False, wandb_cfg=cfg.log.wandb)
-    log.write(0, episode_metrics(episodes), episodes)
+    log.write(0, env.metrics(episodes), episodes)
     log.finish({})
     return (run_dir / "episodes.jsonl").read_text(encoding="utf-8")
 

@@ -263,13 +263,14 @@ def test_config_rules_for_endpoints(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("agents: {student: {}, teacher: {}, mentor: {}}\n")
-    teacher = ["agents.teacher.generator=openai", "agents.teacher.model=qwen-7b",
-               "agents.teacher.base_url=http://10.0.0.5:8000/v1", "agents.teacher.api_key_env=TEACHER_KEY"]
+    teacher = ["agents.teacher.generator.kind=openai", "agents.teacher.model=qwen-7b",
+               "agents.teacher.generator.base_url=http://10.0.0.5:8000/v1",
+               "agents.teacher.generator.api_key_env=TEACHER_KEY"]
     cfg = load_config(path, teacher)
-    assert cfg.agents["teacher"].api_key_env == "TEACHER_KEY"
-    with pytest.raises(UserError, match="trainable student needs a model generator .* not `openai`"):
+    assert cfg.agents["teacher"].generator.api_key_env == "TEACHER_KEY"
+    with pytest.raises(UserError, match="trained agent needs a model generator .* not `openai`"):
         load_config(path, [o.replace("teacher", "student", 1) for o in teacher])
-    with pytest.raises(UserError, match="needs `base_url`"):
+    with pytest.raises(UserError, match="agents.teacher.generator.base_url: Field required"):
         load_config(path, teacher[:2])
     with pytest.raises(UserError, match="needs `model`"):
         load_config(path, [teacher[0], teacher[2]])
@@ -283,7 +284,8 @@ def test_config_fields_reach_the_openai_generator():
         def spawn(self, cls, *args, resources=None, **kwargs):
             return cls, args, kwargs
 
-    spec = AgentConfig(generator="openai", model="qwen-7b", base_url="http://10.0.0.5:8000/v1", api_key_env="K")
+    spec = AgentConfig(generator={"kind": "openai", "base_url": "http://10.0.0.5:8000/v1", "api_key_env": "K"},
+                       model="qwen-7b")
     cls, args, kwargs = spawn_generator(Recorder(), spec, seed=4)
     assert cls is OpenAIGenerator and args == ("qwen-7b",)
     assert kwargs == {"base_url": "http://10.0.0.5:8000/v1", "api_key_env": "K", "max_batch_size": 32, "seed": 4}

@@ -17,7 +17,7 @@ def compute_dtypes(cfg) -> dict[str, str]:
     """What each model of the run computes in: every model-backed agent, and the trainer (its
     weights' dtype, or bf16 matmuls under autocast)."""
     out = {f"agents.{name}": hardware.resolve_dtype(spec.dtype)
-           for name, spec in cfg.agents.items() if spec.generator in MODEL_GENERATORS}
+           for name, spec in cfg.agents.items() if spec.generator.kind in MODEL_GENERATORS}
     autocast = hardware.autocast_dtype(cfg.trainer.autocast)
     out["trainer"] = "bfloat16" if autocast is not None else hardware.resolve_dtype(cfg.trainer.dtype)
     return out

@@ -374,8 +374,8 @@ def test_config_fields_reach_the_vllm_generator():
         def spawn(self, cls, *args, resources=None, **kwargs):
             return cls, args, kwargs
 
-    spec = AgentConfig(generator="vllm", model="/models/x", tensor_parallel=2, gpu_memory_utilization=0.5,
-                       sleep_mode=True)
+    spec = AgentConfig(generator={"kind": "vllm", "tensor_parallel": 2, "gpu_memory_utilization": 0.5,
+                                  "sleep_mode": True}, model="/models/x")
     cls, args, kwargs = spawn_generator(Recorder(), spec, seed=1, lora={"r": 8})
     assert cls is VLLMGenerator and args == ("/models/x",)
     expected = {"tensor_parallel": 2, "gpu_memory_utilization": 0.5, "sleep_mode": True, "lora": {"r": 8},

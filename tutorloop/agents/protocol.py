@@ -1,4 +1,4 @@
-"""Who talks: the Generator (messages in; text, tokens and log-probs out) and the Agent protocols.
+"""Who talks: the Generator (messages in; text, tokens and log-probs out) and the agent handle protocol.
 
 Every method that may cross a process boundary is `async`, so the same `await` works on an object
 in this process and on a Ray actor handle (issue: Ray runtime). Protocols, not base classes.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from tutorloop.types import Completion, Message, Problem, Role, SamplingParams, TokenScores, Turn
+from tutorloop.types import Completion, Message, SamplingParams, TokenScores
 
 
 @runtime_checkable
@@ -42,8 +42,15 @@ class Generator(Protocol):
 
 
 @runtime_checkable
-class Agent(Protocol):
-    role: Role
-    trainable: bool
+class AgentHandle(Protocol):
+    """What an env may ask of an agent: `tutorloop.agents.handle.Agent`, or a person (`chat.py`)."""
 
-    async def act(self, problem: Problem, history: Sequence[Turn]) -> Turn: ...
+    name: str
+    provenance: str
+    sampling: SamplingParams
+
+    async def sample(self, messages: Sequence[Message], n: int = 1,
+                     sampling: SamplingParams | None = None) -> list[Completion]: ...
+
+    async def score(self, context_messages: Sequence[Message], target_ids: Sequence[int], top_k: int,
+                    temperature: float = 1.0) -> TokenScores: ...

@@ -1,9 +1,25 @@
-"""Envs: the protocols that turn a problem into an episode (the correction env, tutoring dialogues)
-and the lessons and metrics drawn from their episodes."""
+"""Envs: one file per protocol, registered by name, each turning a problem into an episode with
+the agents its config names, and its episodes into lessons and metrics:
+
+    run(problem, agents) -> Episode;  lessons(episodes) -> list[Lesson];  metrics(episodes) -> dict
+"""
 
 from __future__ import annotations
 
-from tutorloop.envs.protocol import Env
-from tutorloop.envs.tutoring import TutoringEnv
+from typing import Any
 
-__all__ = ["Env", "TutoringEnv"]
+from tutorloop.config import RunConfig
+from tutorloop.envs.correction import CorrectionEnv
+from tutorloop.envs.dialogue import DialogueEnv
+from tutorloop.envs.protocol import Env
+from tutorloop.envs.rollouts import RolloutsEnv
+
+ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv}
+"""`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
+
+
+def build_env(cfg: RunConfig) -> Env:
+    return ENVS[cfg.env.name].from_config(cfg)
+
+
+__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "Env", "RolloutsEnv", "build_env"]

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tutorloop.agents import prompts
+from tutorloop.envs import prompts
 from tutorloop.envs.tutoring_metrics import dialogue_rewards
 from tutorloop.graders import contains_number
 from tutorloop.tasks.mathdial import row_problem, row_text

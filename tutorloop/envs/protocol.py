@@ -1,14 +1,42 @@
-"""How a problem becomes an episode: the Env protocol. Graders live in `graders.py`."""
+"""How a problem becomes an episode, and episodes become lessons and metrics: the Env protocol.
+Graders live in `graders.py`."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
-from tutorloop.types import Episode, Problem, Role
+from tutorloop.tasks import TaskPool
+from tutorloop.types import Episode, Lesson, Problem
 
 
 @runtime_checkable
 class Env(Protocol):
-    async def run(self, problem: Problem, agents: Mapping[Role, Any]) -> Episode:
-        """One episode per call; the env keeps no state between calls."""
+    columns: tuple[tuple[str, str, str], ...]
+    """The console's per-round table as (title, metric key, format)."""
+
+    async def run(self, problem: Problem, agents: Mapping[str, Any]) -> Episode:
+        """One episode per call, with agents by name; the env keeps no state between calls."""
+        ...
+
+    def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
+        """What the trained agent learns from these episodes."""
+        ...
+
+    def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        """The round's episode metrics, by name."""
+        ...
+
+    def problems(self, pool: TaskPool) -> TaskPool:
+        """The run's problems as this env needs them (e.g. each with a simulated student)."""
+        ...
+
+    def prelude(self, pool: TaskPool) -> list[Lesson]:
+        """Lessons before round 0 (e.g. recorded dialogues); empty for most envs."""
+        ...
+
+    async def evaluate(self, agents: Mapping[str, Any], problems: Sequence[Problem], label: str | None, *,
+                       max_new_tokens: int) -> tuple[dict[str, float], str]:
+        """Held-out metrics of the trained agent, named for `label` (before, after; None: during
+        training), and one line that reports them."""
         ...

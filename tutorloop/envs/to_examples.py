@@ -11,11 +11,11 @@ trained under the student's bare attempt prompt, because that is what the studen
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from dataclasses import replace
 
-from tutorloop.agents.prompts import split_correction
+from tutorloop.envs.prompts import split_correction
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, Turn
 
@@ -25,6 +25,14 @@ from tutorloop.graders import Verdict, contains_number, undecodable
 Verifier = Callable[[Problem, str], Verdict]
 PAIR_OBJECTIVES = {"dpo", "redi"}
 SCORED_OBJECTIVES = {"kd", "opd_pg"}
+
+
+def trained_encoder(cfg: Any) -> TokenEncoder:
+    """The trained agent's tokenizer, which encodes text targets once where lessons are made."""
+    from tutorloop.models import load_tokenizer, resolve_model
+
+    spec = cfg.agents[cfg.trainable]
+    return TokenEncoder(load_tokenizer(resolve_model(spec.model), trust_remote_code=spec.trust_remote_code))
 
 
 def to_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *,

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from tutorloop.agents.prompts import student_attempt
+from tutorloop.envs.prompts import student_attempt
 from tutorloop.graders import ANSWER_STOP, BOXED_STOP, verify
 from tutorloop.types import Problem, SamplingParams
 

@@ -1,9 +1,9 @@
-"""Every prompt tutorloop sends, in one place, as plain functions of the problem and the history.
+"""Every prompt the envs send, in one place, as plain functions of the problem and the history.
 
 The student sees the problem only. The teacher sees the reference solution (privileged context),
 both when it writes corrections and when it scores the student's tokens for on-policy
 distillation. The mentor sees the teacher's diagnosis but not its solution, so its feedback has
-less to leak; `mentor.py` still redacts the gold answer from what it says.
+less to leak; `moves.review` still redacts the gold answer from what it says.
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""Env configs: `env:` is one episode program's knobs, chosen by `name` (a tagged union), and the
+names of the agents that play its parts.
+
+Part of the run config (`tutorloop.config` re-exports every name here). A new env adds its config
+class here (to `ENV_CONFIGS` and `EnvConfig`) and its env class to `tutorloop.envs.ENVS`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from tutorloop.agent_config import Strict
+
+
+class CorrectionEnvConfig(Strict):
+    name: Literal["correction"] = "correction"
+    """attempt → verify → teacher correction → mentor feedback → revision (`envs/correction.py`)."""
+    student: str = "student"
+    """The agent that attempts and revises: the one the trainer updates."""
+    teacher: str = "teacher"
+    """The agent that writes verified corrections (and scores the student's tokens for OPD)."""
+    mentor: str = "mentor"
+    """The agent that turns the teacher's diagnosis into feedback without the answer."""
+    max_rounds: int = Field(1, ge=0, le=16)
+    """Correction rounds per problem (teacher correction, mentor feedback, student revision)."""
+    num_candidates: int = Field(1, ge=1, le=64)
+    """Corrections the teacher samples per mistake; the first the verifier accepts is kept."""
+    max_reply_chars: int = Field(4000, ge=16)
+    """Teacher and mentor replies are cut to this many characters before anyone reads them, so a
+    runaway reply cannot overflow the next prompt (counted as `episodes/truncated_replies`)."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student, "teacher": self.teacher, "mentor": self.mentor}
+
+    @property
+    def trained(self) -> str:
+        return self.student
+
+
+class DialogueEnvConfig(Strict):
+    name: Literal["dialogue"] = "dialogue"
+    """MathDial tutoring: a tutor and a simulated student talk, a tagger labels the tutor's moves
+    (`envs/dialogue.py`)."""
+    tutor: str = "tutor"
+    """The agent that tutors: the one the trainer updates."""
+    sim_student: str = "sim_student"
+    """The agent that plays the student with a planted wrong solution."""
+    tagger: str = "tagger"
+    """The agent that labels each tutor turn with a MathDial move."""
+    max_turns: int = Field(7, ge=1, le=16)
+    """Student replies after its opening explanation (MathDial's k); a dialogue also ends as soon as
+    the student states the answer."""
+    telling_penalty: float = Field(0.5, ge=0.0)
+    """λ in the per-dialogue reward success − λ·telling (recorded on every dialogue)."""
+    num_candidates: int = Field(1, ge=1, le=64)
+    """Tutor replies sampled per turn; the first is said, the others that state the answer become
+    DPO rejects."""
+    recorded_dialogues: bool = True
+    """tasks.source=mathdial only: the recorded dialogues of the training problems become lessons
+    before round 0, under the same rules as simulated ones."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"tutor": self.tutor, "sim_student": self.sim_student, "tagger": self.tagger}
+
+    @property
+    def trained(self) -> str:
+        return self.tutor
+
+
+class RolloutsEnvConfig(Strict):
+    name: Literal["rollouts"] = "rollouts"
+    """G samples per problem, a verifier reward each, group-normalised advantages and optional
+    teacher scores (`envs/rollouts.py`): the base of GRPO-style methods."""
+    student: str = "student"
+    """The agent that samples: the one the trainer updates."""
+    teacher: str | None = None
+    """An agent that scores every sample's tokens under the reference solution (OPD lessons); null: none."""
+    group_size: int = Field(4, ge=1, le=256)
+    """G: samples per problem, drawn in one call; the advantages are normalised within the group."""
+    top_k: int = Field(20, ge=1, le=1024)
+    """Teacher log-probs kept per position when a teacher scores."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student} | ({"teacher": self.teacher} if self.teacher else {})
+
+    @property
+    def trained(self) -> str:
+        return self.student
+
+
+ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig)
+EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig, Field(discriminator="name")]
+ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

@@ -1,0 +1,156 @@
+"""The correction env: attempt → verify → (teacher correction, mentor feedback, student revision →
+verify) for up to `max_rounds`, stopping as soon as the student is right.
+
+The env owns the control flow between agents and the verdicts; agents only talk. When on-policy
+distillation is on, the teacher scores every student attempt right after it is sampled, so the
+scores belong to the policy version that produced the tokens. Its config names the agent that
+plays each part (student, teacher, mentor); the student is the one that learns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from tutorloop.agents.protocol import AgentHandle
+from tutorloop.config import CorrectionEnvConfig, RunConfig
+from tutorloop.envs import moves
+from tutorloop.envs.prompts import split_correction
+from tutorloop import objectives as objective_registry
+from tutorloop.envs.to_examples import to_lessons, trained_encoder
+from tutorloop.envs.evaluation import greedy_accuracy
+from tutorloop.graders import undecodable, verify
+from tutorloop.tasks import TaskPool
+from tutorloop.trainers.encoding import TokenEncoder
+from tutorloop.types import Episode, Lesson, Problem, StopReason, Turn
+
+COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc", "{:.2f}"),
+           ("after feedback", "episodes/after_feedback_acc", "{:.2f}"),
+           ("corrections ok", "episodes/corrections_accepted_rate", "{:.2f}"),
+           ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("kd", "loss/kd", "{:.3f}"),
+           ("KL t-s", "kl/teacher_student", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
+           ("s", "round/seconds", "{:.1f}"))
+"""The console's per-round table as (title, metric key, format)."""
+
+
+class CorrectionEnv:
+    columns = COLUMNS
+
+    def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
+                 max_reply_chars: int = 4000, score_top_k: int = 0, objectives: frozenset[str] = frozenset(),
+                 verifier: moves.Verifier = verify, encode: TokenEncoder | None = None) -> None:
+        """parts: part (student, teacher, mentor) → agent name (default: the part's own). score_top_k > 0: the teacher scores
+        student attempts with that many top-k log-probs (OPD); 0: no scoring. max_reply_chars:
+        teacher and mentor replies are cut there. objectives: the lessons `lessons` makes, with text
+        targets encoded by `encode` (the trained agent's tokenizer)."""
+        self.parts = dict(parts or {p: p for p in ("student", "teacher", "mentor")})
+        self.max_rounds, self.num_candidates = max_rounds, num_candidates
+        self.max_reply_chars, self.score_top_k, self.objectives = max_reply_chars, score_top_k, objectives
+        self.verifier, self.encode = verifier, encode
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> CorrectionEnv:
+        env = cfg.env
+        assert isinstance(env, CorrectionEnvConfig)
+        return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
+                   max_reply_chars=env.max_reply_chars,
+                   objectives=frozenset(objective_registry.active(cfg.trainer.objectives)),
+                   score_top_k=objective_registry.teacher_top_k(cfg.trainer.objectives), encode=trained_encoder(cfg))
+
+    async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
+        student, teacher, mentor = (agents[self.parts[p]] for p in ("student", "teacher", "mentor"))
+        turns = [await self._student_turn(problem, student, teacher, ())]
+        for _ in range(self.max_rounds):
+            if turns[-1].correct:
+                break
+            correction = self._bounded(problem, await moves.demonstrate(
+                teacher, problem, turns[-1].text, num_candidates=self.num_candidates, verifier=self.verifier))
+            turns.append(correction)  # fix it
+            turns.append(self._bounded(problem, await moves.review(mentor, problem, turns[-2].text, correction)))
+            turns.append(await self._student_turn(problem, student, teacher, tuple(turns)))  # revise
+        stop = StopReason.SOLVED if turns[-1].correct else StopReason.MAX_ROUNDS
+        return Episode(problem=problem, turns=tuple(turns), rewards=rewards(turns), stop=stop)
+
+    def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
+        """SFT on verified corrections and revisions, DPO revision > attempt, OPD on scored attempts."""
+        assert self.encode is not None, "lessons need the trained agent's tokenizer (encode=)"
+        return to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives))
+
+    def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        return episode_metrics(episodes)
+
+    def problems(self, pool: TaskPool) -> TaskPool:
+        """Every problem as it comes: the student attempts its bare prompt."""
+        return pool
+
+    def prelude(self, pool: TaskPool) -> list[Lesson]:
+        """No lessons before round 0."""
+        return []
+
+    async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
+                       max_new_tokens: int) -> tuple[dict[str, float], str]:
+        """Greedy accuracy of the student's bare attempts: `eval/accuracy_<label>`, or `eval/accuracy`
+        during training (label None), and the line that reports it."""
+        result = await greedy_accuracy(agents[self.parts["student"]].generator, problems, max_new_tokens=max_new_tokens)
+        key = f"eval/accuracy_{label}" if label else "eval/accuracy"
+        line = f"{result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)"
+        return {key: result["accuracy"]}, f"accuracy {line}"
+
+    def _bounded(self, problem: Problem, turn: Turn) -> Turn:
+        """The reply cut to max_reply_chars, so a runaway teacher or mentor (an endpoint, a large
+        max_new_tokens) cannot overflow the next prompt. A cut correction is verified again on what
+        is left. Student replies are bounded by their max_new_tokens, and their text must match
+        their token ids."""
+        if len(turn.text) <= self.max_reply_chars:
+            return turn
+        text = turn.text[:self.max_reply_chars]
+        if turn.role != "teacher":
+            return replace(turn, text=text, truncated=True)
+        verdict = self.verifier(problem, split_correction(text)[1])
+        return replace(turn, text=text, truncated=True, correct=verdict.correct, answer=verdict.answer)
+
+    async def _student_turn(self, problem: Problem, student: AgentHandle, teacher: AgentHandle,
+                            history: tuple[Turn, ...]) -> Turn:
+        turn = moves.verify(await moves.attempt(student, problem, history), problem, self.verifier)
+        if self.score_top_k and turn.token_ids and turn.kind == "attempt":
+            turn = replace(turn, teacher_scores=await moves.score(teacher, problem, turn, self.score_top_k))
+        return turn
+
+
+def rewards(turns: list[Turn]) -> dict[str, float]:
+    student = [t for t in turns if t.role == "student"]
+    corrections = [t for t in turns if t.role == "teacher"]
+    return {
+        "first_try": float(bool(student[0].correct)),
+        "final": float(bool(student[-1].correct)),
+        "corrections": float(len(corrections)),
+        "corrections_accepted": float(sum(t.correct is True and t.provenance == "model" for t in corrections)),
+        "reference_fallbacks": float(sum(t.provenance == "reference" for t in corrections)),
+        "hint_leaks": float(sum(t.provenance == "redacted" for t in turns if t.role == "mentor")),
+    }
+
+
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    n = max(len(episodes), 1)
+    total = {key: sum(e.rewards.get(key, 0.0) for e in episodes) for key in
+             ("first_try", "final", "corrections", "corrections_accepted", "reference_fallbacks", "hint_leaks")}
+    return {
+        "episodes/first_try_acc": total["first_try"] / n,
+        "episodes/after_feedback_acc": total["final"] / n,
+        "episodes/corrections": total["corrections"],
+        "episodes/corrections_accepted_rate": total["corrections_accepted"] / max(total["corrections"], 1.0),
+        "episodes/reference_fallbacks": total["reference_fallbacks"],
+        "episodes/hint_leaks": total["hint_leaks"],
+        "episodes/turns_mean": sum(len(e.turns) for e in episodes) / n,
+    } | reply_counts(episodes)
+
+
+def reply_counts(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Model replies that were handled rather than trusted, per round: an empty or answerless student
+    reply grades wrong, a cut reply is re-verified, an undecodable one never becomes a target."""
+    turns = [t for e in episodes for t in e.turns]
+    student = [t for t in turns if t.role == "student"]
+    return {"episodes/empty_replies": float(sum(not t.text.strip() for t in student)),
+            "episodes/no_answer": float(sum(bool(t.text.strip()) and t.answer is None for t in student)),
+            "episodes/truncated_replies": float(sum(t.truncated for t in turns)),
+            "episodes/invalid_utf8_replies": float(sum(undecodable(t.text) for t in turns))}
