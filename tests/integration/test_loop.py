@@ -124,11 +124,11 @@ def test_rollouts_env_runs_through_the_same_loop_and_distils_its_groups(tmp_path
     raw = cfg.model_dump(mode="json")
     raw["agents"].pop("mentor")
     raw["env"] = {"name": "rollouts", "student": "student", "teacher": "teacher", "group_size": 3, "top_k": 4}
-    raw["trainer"] |= {"weights": {"sft": 0.0, "dpo": 0.0, "opd": 1.0}}
+    raw["trainer"] |= {"objectives": {"kd": {"weight": 1.0, "top_k": 4}}}
     summary = asyncio.run(loop.run(validate_config(raw)))
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert row["rollouts/samples"] == 6.0 and 0.0 <= row["rollouts/reward_mean"] <= 1.0
-    assert row["lessons/opd"] == 6 and row["policy_version"] == 1 and "loss/opd" in row
+    assert row["lessons/kd"] == 6 and row["policy_version"] == 1 and "loss/kd" in row
     (episode, _) = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
     assert len(episode["turns"]) == 3 and all(t["teacher_scores"] for t in episode["turns"])
     assert "eval/accuracy_after" in summary
