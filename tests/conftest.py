@@ -80,3 +80,20 @@ def gsm8k_train() -> Path:
     if not path.exists():
         pytest.skip("shared GSM8K data not present")
     return path
+
+
+@pytest.fixture
+def captured_generators(monkeypatch):
+    """The generators `loop.run` builds, by agent name, filled in as the run builds them."""
+    from tutorloop import loop
+
+    captured = {}
+    real = loop.build_agents
+
+    def spy(*args, **kwargs):
+        agents = real(*args, **kwargs)
+        captured.update({name: agent.generator for name, agent in agents.items()})
+        return agents
+
+    monkeypatch.setattr(loop, "build_agents", spy)
+    return captured

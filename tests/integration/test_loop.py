@@ -32,23 +32,12 @@ def tiny_config(tmp_path, student, teacher, **sections):
     return validate_config(raw)
 
 
-def _capture_generators(monkeypatch):
-    captured = {}
-    real = loop.build_agents
 
-    def spy(*args, **kwargs):
-        agents = real(*args, **kwargs)
-        captured.update({name: agent.generator for name, agent in agents.items()})
-        return agents
-
-    monkeypatch.setattr(loop, "build_agents", spy)
-    return captured
-
-
-def test_three_rounds_change_the_student_and_not_the_teacher(tmp_path, tiny_lm_dir, tiny_teacher_dir, monkeypatch):
+def test_three_rounds_change_the_student_and_not_the_teacher(tmp_path, tiny_lm_dir, tiny_teacher_dir,
+                                                            captured_generators):
     from safetensors.torch import load_file
 
-    generators = _capture_generators(monkeypatch)
+    generators = captured_generators
     cfg = tiny_config(tmp_path, tiny_lm_dir, tiny_teacher_dir)
     summary = asyncio.run(loop.run(cfg))
 

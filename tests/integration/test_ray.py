@@ -43,26 +43,14 @@ def ray_config(tmp_path, student, teacher, **sections):
     return validate_config(raw)
 
 
-def _capture(monkeypatch):
-    captured = {}
-    real = loop.build_agents
-
-    def spy(*args, **kwargs):
-        agents = real(*args, **kwargs)
-        captured.update({name: agent.generator for name, agent in agents.items()})
-        return agents
-
-    monkeypatch.setattr(loop, "build_agents", spy)
-    return captured
-
 
 def _rounds(tmp_path):
     return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_loop_runs_with_every_role_in_an_actor_and_replicas(ray_local, tmp_path, tiny_lm_dir, tiny_teacher_dir,
-                                                            monkeypatch):
-    generators = _capture(monkeypatch)
+                                                            captured_generators):
+    generators = captured_generators
     cfg = ray_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, **{"agents.student.resources.replicas": 2})
     summary = asyncio.run(loop.run(cfg))
     assert [r["policy_version"] for r in _rounds(tmp_path)] == [1.0, 2.0]
@@ -75,10 +63,10 @@ def test_loop_runs_with_every_role_in_an_actor_and_replicas(ray_local, tmp_path,
 
 
 def test_a_killed_actor_is_restarted_and_the_round_retried(ray_local, tmp_path, tiny_lm_dir, tiny_teacher_dir,
-                                                           monkeypatch):
+                                                           monkeypatch, captured_generators):
     from tutorloop.envs.correction import CorrectionEnv
 
-    generators = _capture(monkeypatch)
+    generators = captured_generators
     killed, real_run = [], CorrectionEnv.run
 
     async def run_and_kill(self, problem, agents):

@@ -18,7 +18,7 @@ from tutorloop.envs import moves
 from tutorloop.envs.prompts import split_correction
 from tutorloop import objectives as objective_registry
 from tutorloop.envs.to_examples import to_lessons, trained_encoder
-from tutorloop.envs.evaluation import greedy_accuracy
+from tutorloop.envs.evaluation import accuracy_report
 from tutorloop.graders import undecodable, verify
 from tutorloop.tasks import TaskPool
 from tutorloop.trainers.encoding import TokenEncoder
@@ -91,10 +91,8 @@ class CorrectionEnv:
                        max_new_tokens: int) -> tuple[dict[str, float], str]:
         """Greedy accuracy of the student's bare attempts: `eval/accuracy_<label>`, or `eval/accuracy`
         during training (label None), and the line that reports it."""
-        result = await greedy_accuracy(agents[self.parts["student"]].generator, problems, max_new_tokens=max_new_tokens)
-        key = f"eval/accuracy_{label}" if label else "eval/accuracy"
-        line = f"{result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)"
-        return {key: result["accuracy"]}, f"accuracy {line}"
+        return await accuracy_report(agents[self.parts["student"]].generator, problems, label,
+                                     max_new_tokens=max_new_tokens)
 
     def _bounded(self, problem: Problem, turn: Turn) -> Turn:
         """The reply cut to max_reply_chars, so a runaway teacher or mentor (an endpoint, a large

@@ -82,6 +82,16 @@ async def greedy_accuracy(generator: Any, problems: Sequence[Problem], *, max_ne
     return {"accuracy": result.pass_at_1, "correct": float(correct), "total": float(len(problems))}
 
 
+async def accuracy_report(generator: Any, problems: Sequence[Problem], label: str | None, *,
+                          max_new_tokens: int) -> tuple[dict[str, float], str]:
+    """Greedy accuracy as an env reports it: `eval/accuracy_<label>`, or `eval/accuracy` during
+    training (label None), and the line that says it."""
+    result = await greedy_accuracy(generator, problems, max_new_tokens=max_new_tokens)
+    key = f"eval/accuracy_{label}" if label else "eval/accuracy"
+    line = f"{result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)"
+    return {key: result["accuracy"]}, f"accuracy {line}"
+
+
 def stop_regex(problems: Sequence[Problem]) -> str | None:
     """Where a reply is done: after "The answer is N." for numeric problems, after a closed \\boxed{}
     for latex ones. One generate call takes one pattern, so a mix of the two runs to the token limit."""

@@ -21,7 +21,7 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import RolloutsEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
-from tutorloop.envs.evaluation import greedy_accuracy
+from tutorloop.envs.evaluation import accuracy_report
 from tutorloop import objectives as objective_registry
 from tutorloop.envs.to_examples import to_lessons, trained_encoder
 from tutorloop.graders import verify
@@ -89,10 +89,8 @@ class RolloutsEnv:
     async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
                        max_new_tokens: int) -> tuple[dict[str, float], str]:
         """Greedy accuracy of the student, as the correction env reports it."""
-        result = await greedy_accuracy(agents[self.parts["student"]].generator, problems, max_new_tokens=max_new_tokens)
-        key = f"eval/accuracy_{label}" if label else "eval/accuracy"
-        line = f"{result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)"
-        return {key: result["accuracy"]}, f"accuracy {line}"
+        return await accuracy_report(agents[self.parts["student"]].generator, problems, label,
+                                     max_new_tokens=max_new_tokens)
 
     async def _scored(self, teacher: AgentHandle, problem: Problem, turn: Turn) -> Turn:
         if not turn.token_ids:
