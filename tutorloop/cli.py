@@ -1,7 +1,12 @@
-"""`tutorloop run CONFIG [key.sub=value ...]`, `tutorloop eval CONFIG [--checkpoint DIR] [--out FILE]` and
-`tutorloop chat CONFIG --as student|tutor` (a person plays one side of a tutoring dialogue).
+"""The `tutorloop` command:
 
-User mistakes (config, data, paths) print one line and exit 2; nothing else is caught here.
+  tutorloop run CONFIG [--resume] [key.sub=value ...]     rounds of tutoring and training
+  tutorloop eval CONFIG [--checkpoint DIR] [--out FILE]   pass@1 / pass@k of the student
+  tutorloop chat CONFIG --as student|tutor                a person plays one side of a dialogue
+  tutorloop config CONFIG [key.sub=value ...]             the resolved config, each field with its doc
+
+Every command takes key.sub=value overrides of the YAML config. A mistake in the config, the
+data or a path prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
 from tutorloop.errors import UserError
 
 
@@ -25,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         from tutorloop.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        if args.command == "run":
+        if args.command == "config":
+            print("\n".join(describe_config(cfg)))
+        elif args.command == "run":
             from tutorloop.loop import run
 
             asyncio.run(run(cfg, resume=args.resume))
@@ -33,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_chat(cfg, args.side, args.problem, args.checkpoint))
         else:
             asyncio.run(_eval(cfg, args.config, args.checkpoint, args.out))
-    except UserError as exc:
+    except UserError as exc:  # only user mistakes are caught: a bug keeps its traceback
         print(f"tutorloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -138,6 +149,29 @@ def _checkpoint(spec, checkpoint: str | None):
     return spec.model_copy(update={"model": str(path)}), None
 
 
+def describe_config(cfg: BaseModel, prefix: str = "") -> list[str]:
+    """One `dotted.key = value  # doc` line per field, in the override syntax, so any line can be
+    grepped and pasted back as `key=value`; a section opens with a `# key: doc` line."""
+    lines = []
+    for name, field in type(cfg).model_fields.items():
+        key, value, doc = f"{prefix}{name}", getattr(cfg, name), " ".join((field.description or "").split())
+        if isinstance(value, BaseModel):
+            lines += [f"# {key}: {doc}", *describe_config(value, f"{key}.")]
+        elif value and isinstance(value, dict) and all(isinstance(v, BaseModel) for v in value.values()):
+            lines.append(f"# {key}: {doc}")
+            for item, section in value.items():
+                lines += describe_config(section, f"{key}.{item}.")
+        else:
+            lines.append(f"{key} = {_yaml_value(value)}" + (f"  # {doc}" if doc else ""))
+    return lines
+
+
+def _yaml_value(value) -> str:
+    """A flow-style YAML scalar, list or mapping, as an override would spell it."""
+    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, sort_keys=False, width=1 << 20)
+    return text.removesuffix("\n...\n").strip()
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """argparse gives every positional to the first run of them, so `eval c.yaml --out f a=b` would
     reject `a=b`: key=value words left over after the flags are overrides too."""
@@ -150,7 +184,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tutorloop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tutorloop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="`tutorloop COMMAND --help` lists a command's options.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run rounds of tutoring and training")
     run.add_argument("config")
@@ -169,6 +205,11 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--problem", help="problem id (default: the first held-out one)")
     ch.add_argument("--checkpoint", help="a saved tutor (peft adapter or full HF directory)")
     ch.add_argument("overrides", nargs="*", help="key.sub=value")
+    co = sub.add_parser("config", help="print the resolved config (YAML plus overrides), each field with its doc",
+                        description="Validate CONFIG with its overrides and print every field, defaults included, "
+                                    "as `dotted.key = value  # doc`, keys spelled as overrides take them.")
+    co.add_argument("config", metavar="CONFIG", help="a YAML config file")
+    co.add_argument("overrides", nargs="*", help="key.sub=value")
     return parser
 
 
