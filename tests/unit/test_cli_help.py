@@ -41,10 +41,9 @@ def test_config_prints_resolved_values_with_docs(capsys):
     assert "trainer.lr = 0.003  # AdamW learning rate." in lines  # the override, not the default
     assert "trainer.lora = null  # LoRA adapters on the student (reference = adapters disabled); " \
            "null = full fine-tuning." in lines
-    assert "trainer.weights = {sft: 1.0, dpo: 0.5, opd: 1.0}  # Objective mix; each objective is first " \
-           "normalized by its own global token or pair count. A weight of 0 skips that objective's " \
-           "forward pass entirely." in lines  # a two-line docstring on one line
-    assert "# trainer.opd: On-policy distillation settings." in lines
+    assert "trainer.objectives.dpo.weight = 0.5  # Scale of this objective after its own unit normalization; " \
+           "0 skips its forward pass." in lines
+    assert any(line.startswith("# trainer.objectives: The objective mix, by registry name") for line in lines)
     assert any(line.startswith("agents.mentor.sampling.max_new_tokens = ") for line in lines)
 
 
@@ -58,7 +57,7 @@ def test_every_field_is_printed_once_with_a_doc():
     student = [k for k in keys if k.startswith("agents.student.")]
     assert per_agent == 3 * len(student) and "agents.student.resources.cpus" in student
     assert {k for k in keys if k.startswith("trainer.") and k.count(".") == 1} == \
-        {f"trainer.{name}" for name in TrainerConfig.model_fields if name not in ("opd", "lora", "resources")}
+        {f"trainer.{name}" for name in TrainerConfig.model_fields if name not in ("objectives", "lora", "resources")}
 
 
 def test_printed_values_read_back_as_the_same_config():
