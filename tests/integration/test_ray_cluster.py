@@ -13,7 +13,7 @@ from tutorloop import loop
 pytestmark = pytest.mark.integration
 ray = pytest.importorskip("ray")
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ray import _capture, ray_config  # noqa: E402
+from test_ray import ray_config  # noqa: E402
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def _node_of(handle) -> str:
 
 
 def test_roles_on_different_nodes_complete_two_rounds(two_nodes, tmp_path, tiny_lm_dir, tiny_teacher_dir,
-                                                      monkeypatch):
-    generators = _capture(monkeypatch)
+                                                      captured_generators):
+    generators = captured_generators
     node_a, node_b = {"cpus": 0.5, "custom": {"node_a": 1}}, {"cpus": 0.5, "custom": {"node_b": 1}}
     cfg = ray_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, **{
         "runtime.address": two_nodes.address, "agents.teacher.resources": node_a, "agents.mentor.resources": node_a,
