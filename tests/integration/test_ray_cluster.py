@@ -36,7 +36,7 @@ def _node_of(handle) -> str:
 
 
 def test_roles_on_different_nodes_complete_two_rounds(two_nodes, tmp_path, tiny_lm_dir, tiny_teacher_dir,
-                                                      captured_generators):
+                                                      monkeypatch, captured_generators):
     generators = captured_generators
     node_a, node_b = {"cpus": 0.5, "custom": {"node_a": 1}}, {"cpus": 0.5, "custom": {"node_b": 1}}
     cfg = ray_config(tmp_path, tiny_lm_dir, tiny_teacher_dir, **{
