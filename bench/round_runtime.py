@@ -56,13 +56,13 @@ def standalone(config: str, runtime: str, overrides: list[str], run_dir: Path, b
     from tutorloop.envs.moves import stopping
     from tutorloop.graders import ANSWER_STOP
     from tutorloop.runtime import build_runtime
-    from tutorloop.trainers import lora_kwargs
+    from tutorloop.trainers import trained_agents
 
     cfg = load_config(config, [f"runtime.kind={runtime}", *overrides])
     rt = build_runtime(cfg.runtime)
     try:  # the agents that play each part; the student and teacher sample until the answer line
         names = {role: cfg.env.parts()[role] for role in ROLES}
-        agents = build_agents(rt, cfg.agents, trained=cfg.trainable, seed=cfg.seed, lora=lora_kwargs(cfg),
+        agents = build_agents(rt, cfg.agents, trained=trained_agents(cfg), seed=cfg.seed,
                               names=tuple(names.values()))
         return {role: asyncio.run(_alone(agents[names[role]].generator, role_prompts(run_dir, role), round(batch[role]),
                                          stopping(agents[names[role]], ANSWER_STOP)))

@@ -208,7 +208,7 @@ def ours_trainer(*overrides: str) -> Any:
 
     cfg = load_config(ROOT / "configs" / "default.yaml", ["trainer.objectives={sft: 1.0}",
                                                           f"trainer.max_seq_len={TRAIN_LEN}", *overrides])
-    return build_trainer(LocalRuntime(), cfg)
+    return build_trainer(LocalRuntime(), cfg, cfg.trainable)
 
 
 DEFAULT = "ours LoRA, configs/default.yaml"

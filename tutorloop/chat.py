@@ -75,7 +75,7 @@ async def chat(cfg: RunConfig, *, side: str, problem_id: str | None = None, adap
     model_part = "sim_student" if side == "tutor" else "tutor"
     person = PersonAgent(parts[person_part], person_part, problem, stdin.readline, write)
     runtime = build_runtime(cfg.runtime)
-    agents = build_agents(runtime, cfg.agents, trained=cfg.trainable, seed=cfg.seed, adapter=adapter,
+    agents = build_agents(runtime, cfg.agents, trained={cfg.trainable: None}, seed=cfg.seed, adapter=adapter,
                           names=(parts[model_part], parts["tagger"]))
     write(briefing(problem, side))
     env = DialogueEnv(parts, max_turns=cfg.env.max_turns, telling_penalty=cfg.env.telling_penalty,

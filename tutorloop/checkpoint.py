@@ -3,11 +3,12 @@ at any instant leaves the previous checkpoint or the new one, never half of one.
 
 A checkpoint is the directory `run_dir/checkpoints/round-NNNNNN`, NNNNNN being the rounds done:
 
-    weights.safetensors     the trainable tensors (the LoRA adapter, or all weights) by parameter name
-    optimizer.safetensors   the optimizer's moments; its metadata holds the param groups as JSON
-    lessons.json            the lesson buffer
-    state.json              rounds done, policy version, RNG states, each generator's sampling state,
-                            the W&B run id, eval results so far, the config, and every file's size
+    <learner>/weights.safetensors     the learner's trainable tensors (its LoRA adapter, or all weights)
+    <learner>/optimizer.safetensors   its optimizer's moments; the metadata holds the param groups as JSON
+    <learner>/lessons.json            its lesson buffer
+    state.json              rounds done, each learner's policy version, RNG states, each generator's
+                            sampling state, the W&B run id, eval results so far, the config, and
+                            every file's size
 
 Files go into a `.tmp-*` directory and are fsynced; the directory is renamed into place (rename is
 atomic on POSIX) and its parent fsynced. A `.tmp-*` directory is a write that never finished: it is
@@ -31,24 +32,26 @@ from typing import Any, Callable, Mapping
 
 from tutorloop.errors import UserError
 
-FORMAT = 1
+FORMAT = 2
+"""2: one directory per learner (issue 13); 1 held one trainer's files at the top."""
 PREFIX = "round-"
 RESUMABLE = ("run_dir", "name", "loop.rounds", "loop.time_budget_minutes", "eval.*", "log.*", "checkpoint.*", "runtime.*",
-             "agents.*.resources.*", "trainer.resources.*")
+             "agents.*.resources.*", "trainer.resources.*",
+             "learners.*.resources.*")
 """Config keys (fnmatch patterns) that may differ between a run and its continuation: where things run,
 what is logged and how long it goes on; none changes what a round computes from the saved state."""
 
 
 @dataclass(frozen=True)
 class Progress:
-    """The loop's own state between rounds; with the trainer's, the generators' and the buffer's
+    """The loop's own state between rounds; with the learners' (trainer, buffer) and the generators'
     state it makes a checkpoint."""
 
     rounds_done: int = 0
-    version: int = 0
-    """Policy version the student's generator samples from."""
-    nonfinite_streak: int = 0
-    """Optimizer steps skipped in a row for a non-finite loss or gradient."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """Learner → the policy version its agent's generator samples from (absent: 0)."""
+    nonfinite_streaks: dict[str, int] = field(default_factory=dict)
+    """Learner → its optimizer steps skipped in a row for a non-finite loss or gradient."""
     summary: dict[str, float] = field(default_factory=dict)
     """Eval results so far (accuracy before training)."""
 
@@ -96,16 +99,15 @@ class CheckpointStore:
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
-    async def save(self, progress: Progress, *, trainer: Any, generators: Mapping[str, Any], buffer: Any,
+    async def save(self, progress: Progress, *, learners: Mapping[str, Any], generators: Mapping[str, Any],
                    wandb_id: str | None, config: dict[str, Any]) -> Path:
-        trained = await trainer.checkpoint_state()
+        """Every learner's trainer and buffer (objects with `.trainer` and `.buffer`), the generators'
+        sampling state and the loop's progress, as one checkpoint directory."""
+        writers: dict[str, Callable[[Path], None]] = {}
+        for name, learner in learners.items():
+            writers |= _learner_writers(name, await learner.trainer.checkpoint_state(), learner.buffer.state())
         state = {"format": FORMAT, "progress": asdict(progress), "wandb_id": wandb_id, "config": config,
                  "rng": rng_state(), "generators": {role: await g.sampling_state() for role, g in generators.items()}}
-        writers: dict[str, Callable[[Path], None]] = {
-            "weights.safetensors": lambda path: _save_tensors(trained["weights"], path),
-            "optimizer.safetensors": lambda path: _save_optimizer(trained["optimizer"], path),
-            "lessons.json": lambda path: path.write_text(json.dumps(buffer.state()), encoding="utf-8"),
-        }
         target = self.root / f"{PREFIX}{progress.rounds_done:06d}"
         write_dir(target, writers, state)
         self._prune()
@@ -121,22 +123,27 @@ class CheckpointStore:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-async def restore(checkpoint: Checkpoint, *, trainer: Any, generators: Mapping[str, Any], buffer: Any,
-                  trained: str = "student") -> Progress:
-    """Put every component back in the state it had when `checkpoint` was written. RNG states go
-    last, after everything that building the components may have drawn."""
-    from tutorloop.trainers.weight_sync import sync_weights
+def _learner_writers(name: str, trained: dict[str, Any], lessons: dict[str, Any]) -> dict[str, Callable[[Path], None]]:
+    return {f"{name}/weights.safetensors": lambda path: _save_tensors(trained["weights"], path),
+            f"{name}/optimizer.safetensors": lambda path: _save_optimizer(trained["optimizer"], path),
+            f"{name}/lessons.json": lambda path: path.write_text(json.dumps(lessons), encoding="utf-8")}
 
-    state, path = checkpoint.state, checkpoint.path
-    await trainer.load_checkpoint_state({"weights": _load_tensors(path / "weights.safetensors"),
-                                         "optimizer": _load_optimizer(path / "optimizer.safetensors"),
-                                         "version": checkpoint.progress.version})
-    await sync_weights(trainer, generators[trained])  # the agent the trainer updates
+
+async def restore(checkpoint: Checkpoint, *, learners: Mapping[str, Any], generators: Mapping[str, Any]) -> Progress:
+    """Put every component back in the state it had when `checkpoint` was written: each learner's
+    trainer and buffer, its agent's generator synced to it. RNG states go last, after everything
+    that building the components may have drawn."""
+    state, path, progress = checkpoint.state, checkpoint.path, checkpoint.progress
+    for name, learner in learners.items():
+        await learner.trainer.load_checkpoint_state({"weights": _load_tensors(path / name / "weights.safetensors"),
+                                                     "optimizer": _load_optimizer(path / name / "optimizer.safetensors"),
+                                                     "version": progress.versions.get(name, 0)})
+        await learner.sync()
+        learner.buffer.load_state(json.loads((path / name / "lessons.json").read_text(encoding="utf-8")))
     for name, generator in generators.items():
         await generator.load_sampling_state(state["generators"][name])
-    buffer.load_state(json.loads((path / "lessons.json").read_text(encoding="utf-8")))
     set_rng_state(state["rng"])
-    return checkpoint.progress
+    return progress
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -179,8 +186,11 @@ def write_dir(target: Path, writers: Mapping[str, Callable[[Path], None]], state
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         for name, write in writers.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a learner's own directory
             write(tmp / name)
             _fsync(tmp / name)
+        for sub in {(tmp / name).parent for name in writers} - {tmp}:
+            _fsync(sub)
         files = {name: (tmp / name).stat().st_size for name in writers}
         (tmp / "state.json").write_text(json.dumps(state | {"files": files}), encoding="utf-8")
         _fsync(tmp / "state.json")

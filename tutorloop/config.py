@@ -75,6 +75,18 @@ class TrainerConfig(Strict):
         return objective_registry.parse(objectives)
 
 
+class LearnerConfig(TrainerConfig):
+    """One trained agent: its objectives and optimizer, its LoRA adapter, its trainer actor(s), its
+    lesson buffer, its policy version, the weight sync to its agent's generator and its own
+    checkpoint files. An agent without a learner is frozen."""
+
+    agent: str
+    """The agent (a key of `agents`) whose weights this learner trains; its generator gets them."""
+    reference: Literal["initial"] = "initial"
+    """The reference policy of DPO and of pg's KL term: the agent's weights before training (under
+    LoRA, the same model with its adapter disabled, so no second copy is held)."""
+
+
 class TasksConfig(Strict):
     source: Literal["arithmetic", "gsm8k", "jsonl", "mathdial", "svamp", "math500", "hf"] = "arithmetic"
     """Built-in arithmetic word problems, GSM8K-format JSONL, plain {id, prompt, answer, solution} JSONL,
@@ -214,7 +226,11 @@ class RunConfig(Strict):
     """The episode program, by `name` (`correction` if none is given), with its own knobs and the
     agents that play its parts."""
     trainer: TrainerConfig = TrainerConfig()
-    """The online trainer of the trained agent: the correction env's student, the dialogue env's tutor."""
+    """The one-learner shorthand: the learner of the env's trained part (the correction env's
+    student, the dialogue env's tutor), named after its agent. Leave it out when `learners` is given."""
+    learners: dict[str, LearnerConfig] = {}
+    """Learners by name, each training one agent with its own settings (`LearnerConfig`); empty:
+    one learner from `trainer`. Several learn side by side in one run (`configs/co_training.yaml`)."""
     loop: LoopConfig = LoopConfig()
     """The round loop."""
     eval: EvalConfig = EvalConfig()
@@ -226,8 +242,19 @@ class RunConfig(Strict):
 
     @property
     def trainable(self) -> str:
-        """The agent the trainer updates: the env's student (correction) or tutor (dialogue)."""
+        """The agent of the env's trained part: the correction env's student, the dialogue env's tutor."""
         return self.env.trained
+
+    @property
+    def learner_configs(self) -> dict[str, LearnerConfig]:
+        """Every learner by name: `learners` as written, or the one `trainer` describes."""
+        if self.learners:
+            return dict(self.learners)
+        return {self.trainable: LearnerConfig.model_validate({**dict(self.trainer), "agent": self.trainable})}
+
+    def learner_of(self, agent: str) -> str | None:
+        """The learner that trains `agent`, if one does."""
+        return next((name for name, spec in self.learner_configs.items() if spec.agent == agent), None)
 
     @model_validator(mode="before")
     @classmethod
@@ -254,31 +281,47 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _trained_and_objectives(self) -> RunConfig:
-        trained, kind = self.trainable, self.agents[self.trainable].generator.kind
-        if kind not in MODEL_GENERATORS:  # no weights here to train
-            raise ValueError(f"agents.{trained}: the trained agent needs a model generator (hf or vllm), not `{kind}`")
-        self._objectives_fit()
-        if self.runtime.kind == "local" and self.trainer.resources.replicas > 1:
-            raise ValueError("trainer.resources.replicas > 1 (data parallel) needs runtime.kind=ray")
+    def _learners_fit(self) -> RunConfig:
+        if self.learners and self.trainer != TrainerConfig():
+            raise ValueError("trainer: with `learners`, each learner carries its own settings; move them under "
+                             "learners.<name> and leave `trainer` out")
+        learnable = self.env.learnable_parts()
+        agents: dict[str, str] = {}
+        for name, spec in self.learner_configs.items():
+            field = f"learners.{name}" if self.learners else "trainer"
+            where = f"{field}.agent" if self.learners else f"env.{self.env.trained_part}"
+            if spec.agent not in self.agents:
+                raise ValueError(f"{where}: names agent '{spec.agent}', which `agents` lacks (agents: {sorted(self.agents)})")
+            if spec.agent in agents:
+                raise ValueError(f"{where}: agent '{spec.agent}' is already trained by learners.{agents[spec.agent]}")
+            agents[spec.agent] = name
+            kind = self.agents[spec.agent].generator.kind
+            if kind not in MODEL_GENERATORS:  # no weights here to train
+                raise ValueError(f"agents.{spec.agent}: the trained agent needs a model generator (hf or vllm), not `{kind}`")
+            parts = [p for p, a in self.env.parts().items() if a == spec.agent and p in learnable]
+            if not parts:
+                raise ValueError(f"{where}: agent '{spec.agent}' plays no part env '{self.env.name}' makes lessons for "
+                                 f"(its learning parts: {', '.join(learnable)})")
+            self._objectives_fit(field, spec, parts[0])
+            if self.runtime.kind == "local" and spec.resources.replicas > 1:
+                raise ValueError(f"{field}.resources.replicas > 1 (data parallel) needs runtime.kind=ray")
         return self
 
-
-    def _objectives_fit(self) -> None:
-        """What the active objectives need of the run: teacher scores, untempered sampling."""
-        objectives = self.trainer.objectives
+    def _objectives_fit(self, field: str, spec: LearnerConfig, part: str) -> None:
+        """What a learner's active objectives need of the run: teacher scores, untempered sampling."""
+        objectives = spec.objectives
         if scored := objective_registry.needing(objectives, "teacher_scores"):
             teacher = self.env.parts().get("teacher")
-            if teacher is None:
-                raise ValueError(f"trainer.objectives.{scored[0]}: env '{self.env.name}' has no teacher to score the "
-                                 f"{self.trainable}'s tokens; remove it or set its weight to 0")
+            if teacher is None or part != self.env.trained_part:
+                raise ValueError(f"{field}.objectives.{scored[0]}: env '{self.env.name}' has no teacher to score the "
+                                 f"{part}'s tokens; remove it or set its weight to 0")
             if self.agents[teacher].generator.kind == "scripted":
-                raise ValueError(f"trainer.objectives.{scored[0]} needs a teacher that can score tokens "
+                raise ValueError(f"{field}.objectives.{scored[0]} needs a teacher that can score tokens "
                                  "(not `scripted`)")
-        sampling = self.agents[self.trainable].sampling
+        sampling = self.agents[spec.agent].sampling
         for name in objective_registry.active(objectives):
             if objective_registry.REGISTRY[name].untempered_sampling and (sampling.temperature, sampling.top_p) != (1, 1):
-                raise ValueError(f"trainer.objectives.{name} needs agents.{self.trainable}.sampling temperature 1 and "
+                raise ValueError(f"{field}.objectives.{name} needs agents.{spec.agent}.sampling temperature 1 and "
                                  f"top_p 1 (got {sampling.temperature} and {sampling.top_p}): its ratio and reward "
                                  "use the sampler's untempered log-probs")
 
@@ -359,7 +402,7 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-__all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "CorrectionEnvConfig",
+__all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "CorrectionEnvConfig", "LearnerConfig",
            "DialogueEnvConfig", "EnvConfig", "RolloutsEnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
            "config_dict", "load_config", "validate_config"]

@@ -7,7 +7,7 @@ class here (to `ENV_CONFIGS` and `EnvConfig`) and its env class to `tutorloop.en
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -34,6 +34,14 @@ class CorrectionEnvConfig(Strict):
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""
         return {"student": self.student, "teacher": self.teacher, "mentor": self.mentor}
+
+    trained_part: ClassVar[str] = "student"
+    """The part whose learner the `trainer` shorthand describes and whose accuracy is evaluated."""
+
+    @staticmethod
+    def learnable_parts() -> tuple[str, ...]:
+        """Parts this env makes lessons for: the student's (today's), the mentor's from outcomes."""
+        return ("student", "mentor")
 
     @property
     def trained(self) -> str:
@@ -66,6 +74,13 @@ class DialogueEnvConfig(Strict):
         """Part in this env → the agent that plays it."""
         return {"tutor": self.tutor, "sim_student": self.sim_student, "tagger": self.tagger}
 
+    trained_part: ClassVar[str] = "tutor"
+    """The part whose learner the `trainer` shorthand describes."""
+
+    @staticmethod
+    def learnable_parts() -> tuple[str, ...]:
+        return ("tutor",)
+
     @property
     def trained(self) -> str:
         return self.tutor
@@ -87,6 +102,13 @@ class RolloutsEnvConfig(Strict):
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""
         return {"student": self.student} | ({"teacher": self.teacher} if self.teacher else {})
+
+    trained_part: ClassVar[str] = "student"
+    """The part whose learner the `trainer` shorthand describes."""
+
+    @staticmethod
+    def learnable_parts() -> tuple[str, ...]:
+        return ("student",)
 
     @property
     def trained(self) -> str:

@@ -1,6 +1,7 @@
-"""The round loop of every env, read top to bottom: sample problems → the env's episodes → its
-lessons → one trainer step → sync the trained agent's weights → log. Evaluation brackets the rounds;
-checkpoints, the time budget and the non-finite guard hold for every env."""
+"""The round loop of every env and any number of learners, read top to bottom: sample problems →
+the env's episodes → its lessons → one step of each learner on the lessons addressed to it → sync
+each trained agent's weights → log. Evaluation brackets the rounds; checkpoints, the time budget
+and the non-finite guard hold for every env."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore,
 from tutorloop.config import RunConfig, config_dict
 from tutorloop.envs import Env, build_env
 from tutorloop.errors import UserError
+from tutorloop.learner import Learner, build_learners
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.tasks import TaskPool, build_tasks
-from tutorloop.trainers import build_trainer, lora_kwargs
-from tutorloop.trainers.replay import LessonBuffer
-from tutorloop.trainers.weight_sync import sync_weights
+from tutorloop.trainers import trained_agents
 from tutorloop.viewer import write_viewer
 
 
@@ -33,16 +33,9 @@ class Run:
     tasks: TaskPool
     agents: dict[str, Any]
     generators: dict[str, Any]
-    trainer: Any
-    buffer: LessonBuffer
+    learners: dict[str, Learner]
+    """By name; an agent without one is frozen."""
     runtime: Any
-    trained: str
-    """The agent the trainer updates."""
-
-    @property
-    def policy(self) -> Any:
-        """The generator of the trained agent: it receives the trainer's weights after every step."""
-        return self.generators[self.trained]
 
 
 def build_run(cfg: RunConfig) -> Run:
@@ -50,10 +43,10 @@ def build_run(cfg: RunConfig) -> Run:
     tasks = env.problems(build_pool(cfg))
     runtime = build_runtime(cfg.runtime)
     check_models(cfg, tuple(cfg.agents))
-    agents = build_agents(runtime, cfg.agents, trained=cfg.trainable, seed=cfg.seed, lora=lora_kwargs(cfg))
+    agents = build_agents(runtime, cfg.agents, trained=trained_agents(cfg), seed=cfg.seed)
     generators = {name: agent.generator for name, agent in agents.items()}
-    return Run(env=env, tasks=tasks, agents=agents, generators=generators, trainer=build_trainer(runtime, cfg),
-               buffer=LessonBuffer(cfg.loop.buffer_size), runtime=runtime, trained=cfg.trainable)
+    return Run(env=env, tasks=tasks, agents=agents, generators=generators,
+               learners=build_learners(runtime, cfg, generators), runtime=runtime)
 
 
 def build_pool(cfg: RunConfig) -> TaskPool:
@@ -77,29 +70,29 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
                  wandb_id=saved.wandb_id if saved else None)
     await note_threads(job.runtime, log)
     progress = await start(saved, cfg, job, log)
-    version, train_seconds = progress.version, 0.0
+    train_seconds = 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
         if over_budget(train_seconds, cfg.loop.time_budget_minutes, log):
             break
         began = time.perf_counter()
         episodes_P = await rollout(job, cfg, r, log)
         episode_seconds = time.perf_counter() - began
-        job.buffer.add(job.env.lessons(episodes_P))  # each lesson carries the policy version that made it
-        batch = job.buffer.take(version=version, max_staleness=cfg.loop.max_staleness,
-                                max_per_kind=cfg.loop.max_lessons_per_step)
-        metrics = await job.trainer.step(batch)
-        version = await sync_weights(job.trainer, job.policy)  # next round samples the new policy
-        metrics |= await generation_metrics(job.generators) | lesson_counts(batch, job.buffer)
+        lessons = job.env.lessons(episodes_P)  # each addressed to a learner, with the policy version that made it
+        versions, metrics = dict(progress.versions), {}
+        for name, learner in job.learners.items():  # independent steps: each on its own lessons and agent
+            versions[name], stepped = await learner.step(lessons, progress.versions.get(name, 0), cfg.loop)
+            metrics |= stepped
+        metrics |= await generation_metrics(job.generators)
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
         train_seconds += timing["round/seconds"]
         if cfg.eval.every and (r + 1) % cfg.eval.every == 0 and r + 1 < cfg.loop.rounds:  # accuracy over time
             metrics |= await evaluate(job, cfg, None, f"round {r}", log)
         metrics["time/train_seconds"] = train_seconds
         log.write(r, job.env.metrics(episodes_P) | metrics | timing, episodes_P)
-        progress = after_round(progress, r, version, metrics, cfg.trainer.max_nonfinite_steps, store)
+        progress = after_round(progress, r, versions, metrics, job.learners, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
-            await store.save(progress, trainer=job.trainer, generators=job.generators, buffer=job.buffer,
-                             wandb_id=log.wandb_id, config=config_dict(cfg))
+            await store.save(progress, learners=job.learners, generators=job.generators, wandb_id=log.wandb_id,
+                             config=config_dict(cfg))
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
         summary |= await evaluate(job, cfg, "after", "after training", log)
@@ -110,7 +103,13 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
 async def rollout(job: Run, cfg: RunConfig, r: int, log: RunLog) -> list[Any]:
     """Round r's episodes: a function of the round alone, so it can later run ahead of training."""
     return await run_episodes(job.env, job.agents, job.tasks.sample(cfg.loop.problems_per_round, r), job.runtime,
-                              cfg.runtime.round_retries, resync=lambda: sync_weights(job.trainer, job.policy), log=log)
+                              cfg.runtime.round_retries, resync=lambda: resync(job.learners), log=log)
+
+
+async def resync(learners: dict[str, Learner]) -> None:
+    """Every trained agent's generator given its learner's weights again (a restarted actor has its initial ones)."""
+    for learner in learners.values():
+        await learner.sync()
 
 
 async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog) -> Progress:
@@ -118,44 +117,46 @@ async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog)
     before it and the eval before."""
     if saved is not None:
         log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
-        return await restore(saved, trainer=job.trainer, generators=job.generators, buffer=job.buffer,
-                             trained=job.trained)
-    job.buffer.add(job.env.prelude(job.tasks))
+        return await restore(saved, learners=job.learners, generators=job.generators)
+    prelude = job.env.prelude(job.tasks)
+    for learner in job.learners.values():
+        learner.buffer.add(x for x in prelude if x.learner == learner.name)
     before = await evaluate(job, cfg, "before", "before training", log) if cfg.eval.before else {}
     return Progress(summary=before)
 
 
 async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, float]) -> None:
-    """The trained agent saved under its name, the transcripts rendered, the log closed."""
-    await save_model(job.trainer, run_dir / job.trained)
-    log.note(f"{job.trained} saved to {run_dir / job.trained}; transcripts: {write_viewer(run_dir, title=cfg.name)}")
+    """Each learner's weights saved under its name, the transcripts rendered, the log closed."""
+    for name, learner in job.learners.items():
+        await save_model(learner.trainer, run_dir / name)
+        log.note(f"{name} ({learner.agent}) saved to {run_dir / name}")
+    log.note(f"transcripts: {write_viewer(run_dir, title=cfg.name)}")
     log.finish(summary)
     job.runtime.shutdown()
 
 
-def lesson_counts(batch: Any, buffer: LessonBuffer) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for lesson in batch:
-        counts[f"lessons/{lesson.objective}"] = counts.get(f"lessons/{lesson.objective}", 0.0) + 1
-    return counts | {"buffer/dropped_stale": float(buffer.dropped_stale)}
-
-
-def after_round(progress: Progress, r: int, version: int, metrics: dict[str, float], limit: int,
-                store: CheckpointStore) -> Progress:
-    """The loop's state after round r. Skipped non-finite steps leave the weights as they were, but a
-    run that keeps producing them is broken: it stops before writing another checkpoint."""
-    streak = progress.nonfinite_streak + 1 if metrics.get("train/nonfinite_skipped") else 0
-    if streak >= limit:
-        raise UserError(f"round {r}: {streak} optimizer steps in a row had a non-finite loss or gradient and were "
-                        f"skipped (trainer.max_nonfinite_steps={limit}); stopping. The last checkpoint in "
-                        f"'{store.root}' is intact: lower trainer.lr or check the data, then run again to continue")
-    return replace(progress, rounds_done=r + 1, version=version, nonfinite_streak=streak)
+def after_round(progress: Progress, r: int, versions: dict[str, int], metrics: dict[str, float],
+                learners: dict[str, Learner], store: CheckpointStore) -> Progress:
+    """The loop's state after round r. Skipped non-finite steps leave a learner's weights as they
+    were, but a learner that keeps producing them is broken: the run stops before writing another
+    checkpoint."""
+    streaks = {}
+    for name, learner in learners.items():
+        skipped = metrics.get(f"{learner.prefix}train/nonfinite_skipped")
+        streaks[name] = progress.nonfinite_streaks.get(name, 0) + 1 if skipped else 0
+        if streaks[name] >= learner.max_nonfinite_steps:
+            field = f"learners.{name}" if learner.prefix else "trainer"
+            raise UserError(f"round {r}: {streaks[name]} optimizer steps in a row had a non-finite loss or gradient and "
+                            f"were skipped (learner '{name}', {field}.max_nonfinite_steps={learner.max_nonfinite_steps}); "
+                            f"stopping. The last checkpoint in '{store.root}' is intact: lower {field}.lr or check the "
+                            "data, then run again to continue")
+    return replace(progress, rounds_done=r + 1, versions=versions, nonfinite_streaks=streaks)
 
 
 async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], runtime: Any, retries: int, *,
-                       resync: Callable[[], Awaitable[int]], log: RunLog) -> list[Any]:
+                       resync: Callable[[], Awaitable[None]], log: RunLog) -> list[Any]:
     """Every problem's episode, concurrently. If an actor died (Ray restarts it with its initial
-    weights), the student's weights are synced again and the whole round is rerun."""
+    weights), the learners' weights are synced again and the whole round is rerun."""
     for attempt in range(retries + 1):
         try:
             return list(await asyncio.gather(*(env.run(p, agents) for p in problems)))

@@ -193,7 +193,7 @@ def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path, capsys, monkeyp
     assert _checkpoints(run_dir) == ["round-000001", "round-000002"]
     from safetensors.torch import load_file
 
-    weights = load_file(run_dir / "checkpoints" / "round-000002" / "weights.safetensors")
+    weights = load_file(run_dir / "checkpoints" / "round-000002" / "student" / "weights.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 

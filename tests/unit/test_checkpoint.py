@@ -76,12 +76,24 @@ def _buffer():
     return buffer
 
 
-def _save(store, rounds_done, trainer=None, generators=None, buffer=None, config=CONFIG):
+class TinyLearner:
+    """What a checkpoint reads of a learner: its trainer, its buffer, and the sync to its generator."""
+
+    def __init__(self, trainer, generator, buffer):
+        self.trainer, self.generator, self.buffer = trainer, generator, buffer
+
+    async def sync(self):
+        return await self.generator.load_weights(await self.trainer.weights())
+
+
+def _save(store, rounds_done, trainer=None, generators=None, buffer=None, config=CONFIG, extra=None):
+    """A checkpoint of the learner "student" (plus `extra` learners by name)."""
     trainer = trainer or TinyTrainer()
     generators = generators or {"student": CountingGenerator(), "teacher": CountingGenerator()}
-    return asyncio.run(store.save(Progress(rounds_done=rounds_done, version=trainer.version, summary={"a": 0.5}),
-                                  trainer=trainer, generators=generators, buffer=buffer or LessonBuffer(4),
-                                  wandb_id="run123", config=config))
+    learners = {"student": TinyLearner(trainer, generators["student"], buffer or LessonBuffer(4))} | (extra or {})
+    versions = {name: learner.trainer.version for name, learner in learners.items()}
+    return asyncio.run(store.save(Progress(rounds_done=rounds_done, versions=versions, summary={"a": 0.5}),
+                                  learners=learners, generators=generators, wandb_id="run123", config=config))
 
 
 def test_save_then_restore_continues_bit_for_bit(tmp_path):
@@ -97,13 +109,39 @@ def test_save_then_restore_continues_bit_for_bit(tmp_path):
 
     resumed, generators, buffer = TinyTrainer(seed=9), {"student": CountingGenerator(), "teacher": CountingGenerator()}, LessonBuffer(8)
     saved = store.latest(CONFIG, required=True)
-    progress = asyncio.run(restore(saved, trainer=resumed, generators=generators, buffer=buffer))
-    assert progress == Progress(rounds_done=1, version=1, summary={"a": 0.5}) and saved.wandb_id == "run123"
+    progress = asyncio.run(restore(saved, learners={"student": TinyLearner(resumed, generators["student"], buffer)},
+                                   generators=generators))
+    assert progress == Progress(rounds_done=1, versions={"student": 1}, summary={"a": 0.5}) and saved.wandb_id == "run123"
     assert generators["student"].calls == 7 and generators["student"].version == 1
     resumed.step()  # ...and the resumed one takes the same step, on the same random inputs
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
     assert all(torch.equal(expected[k], v) for k, v in resumed.model.state_dict().items())
     assert buffer.state() == _buffer().state() and list(buffer.queues["kd"]) == list(_buffer().queues["kd"])
+
+
+def test_two_learners_each_restore_their_own_state(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints", keep=2)
+    student, mentor = TinyTrainer(seed=1), TinyTrainer(seed=2)
+    student.step()
+    mentor.step(), mentor.step()
+    generators = {"student": CountingGenerator(), "mentor": CountingGenerator()}
+    mentor_buffer = LessonBuffer(4)
+    mentor_buffer.add([Lesson("sft", (1,), (2, 3), learner="mentor")])
+    path = _save(store, 1, student, generators, _buffer(),
+                 extra={"mentor": TinyLearner(mentor, generators["mentor"], mentor_buffer)})
+    assert {p.name for p in path.iterdir()} == {"student", "mentor", "state.json"}
+
+    fresh = {name: CountingGenerator() for name in generators}
+    learners = {name: TinyLearner(TinyTrainer(seed=9), fresh[name], LessonBuffer(8)) for name in ("student", "mentor")}
+    progress = asyncio.run(restore(store.latest(CONFIG, required=True), learners=learners, generators=fresh))
+    assert progress.versions == {"student": 1, "mentor": 2}
+    assert fresh["student"].version == 1 and fresh["mentor"].version == 2  # each agent synced to its own learner
+    for name, want in (("student", student), ("mentor", mentor)):
+        got = learners[name].trainer
+        assert all(torch.equal(a, b) for a, b in zip(got.model.state_dict().values(), want.model.state_dict().values()))
+        assert got.optimizer.state_dict()["state"][0]["step"] == want.optimizer.state_dict()["state"][0]["step"]
+    assert learners["mentor"].buffer.state() == mentor_buffer.state()
+    assert learners["student"].buffer.state() == _buffer().state()
 
 
 def test_unfinished_write_is_ignored_and_removed(tmp_path):
@@ -120,7 +158,7 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys):
     store = CheckpointStore(tmp_path / "checkpoints", keep=3)
     _save(store, 1)
     newest = _save(store, 2)
-    with open(newest / "optimizer.safetensors", "r+b") as f:
+    with open(newest / "student" / "optimizer.safetensors", "r+b") as f:
         f.truncate(20)
     assert store.latest(CONFIG, required=True).path.name == "round-000001"
     assert "skipping damaged checkpoint" in capsys.readouterr().err

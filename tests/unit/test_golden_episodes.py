@@ -60,7 +60,7 @@ def golden_config(tmp_path):
 
 async def write_one_round(cfg):
     runtime = LocalRuntime()
-    agents = build_agents(runtime, cfg.agents, trained=None, seed=cfg.seed, names=("teacher", "mentor")) | {
+    agents = build_agents(runtime, cfg.agents, trained={}, seed=cfg.seed, names=("teacher", "mentor")) | {
         "student": Agent("student", ScriptedGenerator(STUDENT), sampling(cfg.agents["student"]))}
     tasks = build_tasks(cfg.tasks.source, path=None, difficulty=cfg.tasks.difficulty, num_train=cfg.tasks.num_train,
                         num_eval=cfg.tasks.num_eval, seed=cfg.seed)

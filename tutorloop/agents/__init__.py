@@ -1,6 +1,6 @@
 """Agents by name, built from config: each one handle (`Agent`) on a generator. Agents whose model
 settings are identical share one generator (one copy of the weights, and their requests batch
-together); the trained agent's is always its own, because it is the one that receives new weights."""
+together); a trained agent's is always its own, because it is the one that receives new weights."""
 
 from __future__ import annotations
 
@@ -17,18 +17,18 @@ from tutorloop import objectives as objective_registry
 from tutorloop.types import SamplingParams
 
 
-def build_agents(runtime: Any, agents: Mapping[str, AgentConfig], *, trained: str | None, seed: int,
-                 lora: dict[str, Any] | None = None, adapter: str | None = None,
-                 names: Sequence[str] | None = None) -> dict[str, Agent]:
-    """One Agent per name (default: every agent in `agents`). `trained`: the agent that gets its own
-    generator, made to receive LoRA weights (`lora`) or to start from a saved `adapter`."""
+def build_agents(runtime: Any, agents: Mapping[str, AgentConfig], *, trained: Mapping[str, dict[str, Any] | None],
+                 seed: int, adapter: str | None = None, names: Sequence[str] | None = None) -> dict[str, Agent]:
+    """One Agent per name (default: every agent in `agents`). `trained`: agent → its LoRA arguments
+    (None: full weights), for the agents that learn; each gets a generator of its own, made to
+    receive that learner's weights (or, for one agent, to start from a saved `adapter`)."""
     names = tuple(names or agents)
     handles: dict[str, Agent] = {}
-    if trained in names:
-        generator = spawn_generator(runtime, agents[trained], seed, lora=lora, adapter=adapter)
-        handles[trained] = Agent(trained, generator, sampling(agents[trained]))
+    for name in (n for n in names if n in trained):
+        generator = spawn_generator(runtime, agents[name], seed, lora=trained[name], adapter=adapter)
+        handles[name] = Agent(name, generator, sampling(agents[name]))
     shared: dict[str, Generator] = {}
-    for name in (n for n in names if n != trained):
+    for name in (n for n in names if n not in trained):
         spec = agents[name]
         key = spec.model_dump_json(include={"generator", "model", "dtype"})
         if key not in shared:
@@ -63,15 +63,17 @@ def check_models(cfg: RunConfig, names: Sequence[str]) -> None:
             vocabs[name] = model_vocab(spec.model, field=f"agents.{name}.model", trust_remote_code=spec.trust_remote_code)
     parts = cfg.env.parts()
     s, t = parts.get("student"), parts.get("teacher")
-    scored = objective_registry.needing(cfg.trainer.objectives, "teacher_scores")
+    learner = cfg.learner_of(s) if s else None
+    scored = objective_registry.needing(cfg.learner_configs[learner].objectives, "teacher_scores") if learner else []
     if not scored or s is None or t is None or s not in vocabs or t not in vocabs:
         return
+    objective = f"{f'learners.{learner}' if cfg.learners else 'trainer'}.objectives.{scored[0]}"
     student, teacher = vocabs[s], vocabs[t]
     if student.tokens != teacher.tokens:
         how = (f"{len(teacher.tokens)} vs {len(student.tokens)} tokens" if len(teacher.tokens) != len(student.tokens)
                else "same size, other ids")
         raise UserError(f"agents.{t}.model: its tokenizer differs from agents.{s}.model's ({how}); "
-                        f"trainer.objectives.{scored[0]} scores the student's tokens and needs both to share one tokenizer")
+                        f"{objective} scores the student's tokens and needs both to share one tokenizer")
     # Refused, not handled, even with one tokenizer (Qwen2.5-0.5B 151936 vs 7B 152064 padded rows):
     # the teacher's top-k ranges over its own rows, so an id past the student's width indexes outside
     # its logits, and dropping those ids means renormalizing the teacher's top-k in every backend's
@@ -79,7 +81,7 @@ def check_models(cfg: RunConfig, names: Sequence[str]) -> None:
     if None not in (student.width, teacher.width) and student.width != teacher.width:
         raise UserError(f"agents.{t}.model ({cfg.agents[t].model}) has {teacher.width} logits per token "
                         f"and agents.{s}.model ({cfg.agents[s].model}) has {student.width} "
-                        f"(config.vocab_size); trainer.objectives.{scored[0]} needs both the same")
+                        f"(config.vocab_size); {objective} needs both the same")
 
 
 def sampling(spec: AgentConfig) -> SamplingParams:

@@ -16,8 +16,8 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import CorrectionEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.prompts import split_correction
-from tutorloop import objectives as objective_registry
-from tutorloop.envs.to_examples import to_lessons, trained_encoder
+from tutorloop.envs.learning import Learning, learning_parts
+from tutorloop.envs.to_examples import to_lessons
 from tutorloop.envs.evaluation import accuracy_report
 from tutorloop.graders import undecodable, verify
 from tutorloop.tasks import TaskPool
@@ -38,24 +38,28 @@ class CorrectionEnv:
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
                  max_reply_chars: int = 4000, score_top_k: int = 0, objectives: frozenset[str] = frozenset(),
-                 verifier: moves.Verifier = verify, encode: TokenEncoder | None = None) -> None:
+                 verifier: moves.Verifier = verify, encode: TokenEncoder | None = None, learner: str = "student",
+                 mentor: Learning | None = None) -> None:
         """parts: part (student, teacher, mentor) → agent name (default: the part's own). score_top_k > 0: the teacher scores
         student attempts with that many top-k log-probs (OPD); 0: no scoring. max_reply_chars:
         teacher and mentor replies are cut there. objectives: the lessons `lessons` makes, with text
-        targets encoded by `encode` (the trained agent's tokenizer)."""
+        targets encoded by `encode` (the student's tokenizer), addressed to `learner`. mentor: how the
+        mentor learns, if it does."""
         self.parts = dict(parts or {p: p for p in ("student", "teacher", "mentor")})
         self.max_rounds, self.num_candidates = max_rounds, num_candidates
         self.max_reply_chars, self.score_top_k, self.objectives = max_reply_chars, score_top_k, objectives
-        self.verifier, self.encode = verifier, encode
+        self.verifier, self.encode, self.learner, self.mentor = verifier, encode, learner, mentor
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> CorrectionEnv:
         env = cfg.env
         assert isinstance(env, CorrectionEnvConfig)
+        learning = learning_parts(cfg)
+        student = learning.get("student")
         return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
-                   max_reply_chars=env.max_reply_chars,
-                   objectives=frozenset(objective_registry.active(cfg.trainer.objectives)),
-                   score_top_k=objective_registry.teacher_top_k(cfg.trainer.objectives), encode=trained_encoder(cfg))
+                   max_reply_chars=env.max_reply_chars, objectives=student.objectives if student else frozenset(),
+                   score_top_k=student.top_k if student else 0, encode=student.encode if student else None,
+                   learner=student.learner if student else "student", mentor=learning.get("mentor"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         student, teacher, mentor = (agents[self.parts[p]] for p in ("student", "teacher", "mentor"))
@@ -72,9 +76,14 @@ class CorrectionEnv:
         return Episode(problem=problem, turns=tuple(turns), rewards=rewards(turns), stop=stop)
 
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
-        """SFT on verified corrections and revisions, DPO revision > attempt, OPD on scored attempts."""
-        assert self.encode is not None, "lessons need the trained agent's tokenizer (encode=)"
-        return to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives))
+        """The student's: SFT on verified corrections and revisions, DPO revision > attempt, OPD on
+        scored attempts. The mentor's, when it learns: its feedback judged by the revision after it."""
+        out: list[Lesson] = []
+        if self.objectives:
+            assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
+            out += [replace(x, learner=self.learner) for x in
+                    to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives))]
+        return out
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
         return episode_metrics(episodes)

@@ -20,8 +20,8 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import DialogueEnvConfig, RunConfig
 from tutorloop.envs import moves, prompts
 from tutorloop.envs.mathdial import load_mathdial
-from tutorloop import objectives as objective_registry
-from tutorloop.envs.to_examples import to_tutor_lessons, trained_encoder
+from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.to_examples import to_tutor_lessons
 from tutorloop.envs.tutoring_metrics import dialogue_metrics, dialogue_rewards
 from tutorloop.errors import UserError
 from tutorloop.graders import contains_number
@@ -44,26 +44,28 @@ class DialogueEnv:
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_turns: int, telling_penalty: float,
                  num_candidates: int = 1, objectives: frozenset[str] = frozenset({"sft", "dpo"}),
                  on_turn: Callable[[Problem, Turn], None] | None = None, recorded: str | None = None,
-                 seed: int = 0, encode: TokenEncoder | None = None) -> None:
+                 seed: int = 0, encode: TokenEncoder | None = None, learner: str = "tutor") -> None:
         """parts: part (tutor, sim_student, tagger) → agent name (default: the part's own name).
         max_turns: student replies after its opening explanation (MathDial's k); telling_penalty: λ
         in the per-dialogue reward success − λ·telling; on_turn: shown each turn as it is said;
         recorded: a MathDial file whose recorded dialogues are lessons before round 0; seed: of the
         planted mistakes of problems without a recorded student; encode: the tutor's tokenizer, for
-        the lessons' text targets."""
+        the lessons' text targets; learner: the learner they are for."""
         self.parts = dict(parts or {p: p for p in ("tutor", "sim_student", "tagger")})
         self.max_turns, self.telling_penalty, self.num_candidates = max_turns, telling_penalty, num_candidates
         self.objectives, self.on_turn, self.recorded, self.seed = objectives, on_turn, recorded, seed
-        self.encode = encode
+        self.encode, self.learner = encode, learner
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DialogueEnv:
         env = cfg.env
         assert isinstance(env, DialogueEnvConfig)
         recorded = cfg.tasks.path if cfg.tasks.source == "mathdial" and env.recorded_dialogues else None
+        tutor = learning_parts(cfg).get("tutor")
         return cls(env.parts(), max_turns=env.max_turns, telling_penalty=env.telling_penalty,
                    num_candidates=env.num_candidates, recorded=recorded, seed=cfg.seed,
-                   objectives=frozenset(objective_registry.active(cfg.trainer.objectives)), encode=trained_encoder(cfg))
+                   objectives=tutor.objectives if tutor else frozenset(), encode=tutor.encode if tutor else None,
+                   learner=tutor.learner if tutor else "tutor")
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         turns: list[Turn] = []
@@ -85,8 +87,10 @@ class DialogueEnv:
 
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
         """SFT on the tutor turns of successful dialogues without telling; DPO over telling alternatives."""
+        if not self.objectives:
+            return []
         assert self.encode is not None, "lessons need the tutor's tokenizer (encode=)"
-        return to_tutor_lessons(episodes, self.encode, objectives=set(self.objectives))
+        return [replace(x, learner=self.learner) for x in to_tutor_lessons(episodes, self.encode, objectives=set(self.objectives))]
 
     def metrics(self, episodes: Sequence[Episode], prefix: str = "tutoring") -> dict[str, float]:
         return dialogue_metrics(episodes, prefix=prefix)

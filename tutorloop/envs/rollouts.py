@@ -22,8 +22,8 @@ from tutorloop.config import RolloutsEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import accuracy_report
-from tutorloop import objectives as objective_registry
-from tutorloop.envs.to_examples import to_lessons, trained_encoder
+from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.to_examples import to_lessons
 from tutorloop.graders import verify
 from tutorloop.tasks import TaskPool
 from tutorloop.trainers.encoding import TokenEncoder
@@ -42,18 +42,21 @@ class RolloutsEnv:
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, group_size: int, top_k: int = 20,
                  objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
-                 encode: TokenEncoder | None = None) -> None:
-        """parts: student → agent name, and teacher → agent name to score samples (none: unscored)."""
+                 encode: TokenEncoder | None = None, learner: str = "student") -> None:
+        """parts: student → agent name, and teacher → agent name to score samples (none: unscored);
+        learner: the learner the lessons are for."""
         self.parts = dict(parts or {"student": "student"})
         self.group_size, self.top_k, self.objectives, self.verifier = group_size, top_k, objectives, verifier
-        self.encode = encode
+        self.encode, self.learner = encode, learner
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> RolloutsEnv:
         env = cfg.env
         assert isinstance(env, RolloutsEnvConfig)
+        student = learning_parts(cfg).get("student")
         return cls(env.parts(), group_size=env.group_size, top_k=env.top_k,
-                   objectives=frozenset(objective_registry.active(cfg.trainer.objectives)), encode=trained_encoder(cfg))
+                   objectives=student.objectives if student else frozenset(), encode=student.encode if student else None,
+                   learner=student.learner if student else "student")
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         group = await moves.attempts(agents[self.parts["student"]], problem, self.group_size)
@@ -68,8 +71,11 @@ class RolloutsEnv:
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
         """OPD lessons from the teacher-scored samples; nothing else yet (the `pg` objective will take
         `group_advantages`)."""
+        if not self.objectives & {"kd"}:
+            return []
         assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
-        return to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives) & {"kd"})
+        return [replace(x, learner=self.learner)
+                for x in to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives) & {"kd"})]
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
         n = max(len(episodes), 1)

@@ -27,15 +27,6 @@ PAIR_OBJECTIVES = {"dpo", "redi"}
 SCORED_OBJECTIVES = {"kd", "opd_pg"}
 
 
-def trained_encoder(cfg: Any) -> TokenEncoder:
-    """The trained agent's tokenizer, which encodes text targets once where lessons are made."""
-    from tutorloop.models import load_tokenizer, resolve_model
-
-    spec, field = cfg.agents[cfg.trainable], f"agents.{cfg.trainable}.model"
-    return TokenEncoder(load_tokenizer(resolve_model(spec.model, field=field),
-                                       trust_remote_code=spec.trust_remote_code, field=field))
-
-
 def to_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *,
                objectives: set[str]) -> list[Lesson]:
     """The student's lessons from correction episodes, in the student's token ids (`encode`)."""

@@ -34,8 +34,11 @@ class RayRuntime:
         if self.owns_ray:
             _init_ray(cfg)
         self.threads = cfg.threads_per_actor
-        job = ray.get_runtime_context().get_job_id()  # one lock per driver: its actors take turns
-        self.turns_path = os.path.join(tempfile.gettempdir(), f"tutorloop-cpu-turns-{job}")
+        # One lock per driver: its actors take turns. Every local Ray session numbers its first job
+        # 01000000, so the driver's pid goes in too: two runs on one machine must not share a lock
+        # (a niced test run holding it would stall a timed run: priority inversion).
+        job = ray.get_runtime_context().get_job_id()
+        self.turns_path = os.path.join(tempfile.gettempdir(), f"tutorloop-cpu-turns-{os.getpid()}-{job}")
         self.max_restarts = cfg.max_restarts
         self.actors: list[Any] = []
         self.placement_groups: list[Any] = []
