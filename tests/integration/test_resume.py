@@ -27,7 +27,33 @@ pytestmark = pytest.mark.integration
 ROUNDS = 3
 
 
-def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str = "disabled") -> str:
+LORA = "{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"
+ONE_LEARNER = f"""
+env: {{name: correction, num_candidates: 2}}
+tasks: {{num_train: 24, num_eval: 3}}
+trainer: {{lr: 0.01, lora: {LORA}, objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
+loop: {{rounds: {ROUNDS}, problems_per_round: 2}}"""
+TWO_LEARNERS = f"""
+env: {{name: correction, num_candidates: 2, feedback_candidates: 2}}
+tasks: {{source: jsonl, path: {{tasks}}, num_train: 24, num_eval: 3}}
+learners:
+  student: {{agent: student, lr: 0.01, lora: {LORA}, objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
+  mentor: {{agent: mentor, lr: 0.02, lora: {LORA}, objectives: {{sft: 1.0, dpo: 0.5}}}}
+loop: {{rounds: {ROUNDS}, problems_per_round: 4}}"""
+"""The student and the mentor learn side by side; single-digit answers, so that the tiny random
+student's revisions are sometimes right and the mentor has outcomes to learn from."""
+
+
+def _tasks(tmp_path: Path) -> Path:
+    path = tmp_path / "digits.jsonl"
+    rows = [{"id": f"d{i}", "prompt": f"What is {i % 7} + {i % 3}?", "answer": str(i % 7 + i % 3),
+             "solution": f"{i % 7} + {i % 3} = {i % 7 + i % 3}. The answer is {i % 7 + i % 3}."} for i in range(30)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str = "disabled",
+            learners: str = ONE_LEARNER) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
 name: {name}
@@ -36,10 +62,7 @@ agents:
   student: {{model: {student}, sampling: {{max_new_tokens: 8}}}}
   teacher: {{model: {teacher}, sampling: {{max_new_tokens: 8}}}}
   mentor: {{model: {teacher}, sampling: {{max_new_tokens: 6}}}}
-env: {{name: correction, num_candidates: 2}}
-tasks: {{num_train: 24, num_eval: 3}}
-trainer: {{lr: 0.01, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}, objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
-loop: {{rounds: {ROUNDS}, problems_per_round: 2}}
+{learners.replace("{tasks}", str(_tasks(tmp_path)))}
 eval: {{before: true, after: false, max_new_tokens: 6}}
 checkpoint: {{every: 1, keep: 2}}
 log: {{console: false, wandb: {{mode: {wandb}}}}}
@@ -76,18 +99,22 @@ def _checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name.removeprefix("round-")) for p in root.glob("round-*")) if root.exists() else []
 
 
-def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, tiny_teacher_dir):
+@pytest.mark.parametrize("learners", [ONE_LEARNER, TWO_LEARNERS], ids=["student", "student+mentor"])
+def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, tiny_teacher_dir, learners):
     from safetensors.torch import load_file
 
     seed = int(os.environ.get("TUTORLOOP_KILL_SEED", random.SystemRandom().randrange(2**31)))
     rng = random.Random(seed)
     reference = tmp_path / "reference"
-    assert main(["run", _config(tmp_path, "reference", tiny_lm_dir, tiny_teacher_dir)]) == 0  # in-process: faster
-    expected_rows = _rows(reference)
+    assert main(["run", _config(tmp_path, "reference", tiny_lm_dir, tiny_teacher_dir, learners=learners)]) == 0
+    expected_rows = _rows(reference)  # in-process: faster
     round_seconds = sum(r["round/seconds"] for r in expected_rows) / len(expected_rows)
+    trained = ["student", "mentor"] if learners is TWO_LEARNERS else ["student"]
+    if "mentor" in trained:  # the mentor had outcomes to learn from: its weights moved
+        assert sum(r.get("mentor/lessons/sft", 0) for r in expected_rows) > 0
 
     victim = tmp_path / "victim"
-    config = _config(tmp_path, "victim", tiny_lm_dir, tiny_teacher_dir, wandb="offline")
+    config = _config(tmp_path, "victim", tiny_lm_dir, tiny_teacher_dir, wandb="offline", learners=learners)
     process = _tutorloop(config)
     after_rows = rng.randrange(ROUNDS)  # kill once this many rounds are logged, plus a random fraction of one
     deadline = time.monotonic() + 120
@@ -110,14 +137,16 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     assert [r["round"] for r in rows] == list(range(ROUNDS)), where  # each round once, in order
     for got, want in zip(rows, expected_rows):  # every round computed the same numbers
         assert _untimed(got) == _untimed(want), where
-    a = load_file(victim / "student" / "adapter_model.safetensors")
-    b = load_file(reference / "student" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"weights differ ({where})"
+    for name in trained:  # every learner's final weights, bit for bit
+        a = load_file(victim / name / "adapter_model.safetensors")
+        b = load_file(reference / name / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name}'s weights differ ({where})"
     runs = {p.name.rsplit("-", 1)[-1] for p in (victim / "wandb").glob("offline-run-*")}
     if saved:  # a run killed before its first checkpoint starts afresh, under a new W&B id
         assert len(runs) == 1, f"the resumed run started a new W&B run: {runs} ({where})"
     episodes = [json.loads(line)["round"] for line in (victim / "episodes.jsonl").read_text().splitlines()]
-    assert episodes == sorted(episodes) and len(episodes) == 2 * ROUNDS
+    per_round = 4 if "mentor" in trained else 2
+    assert episodes == sorted(episodes) and len(episodes) == per_round * ROUNDS
 
 
 def test_full_finetuning_run_extended_by_a_round_equals_a_longer_run(tmp_path, tiny_lm_dir, tiny_teacher_dir):

@@ -15,13 +15,15 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 def test_every_config_validates(path):
     cfg = load_config(path)
     assert set(cfg.agents) == set(cfg.env.parts().values())
-    assert set(cfg.trainer.objectives) <= set(REGISTRY)
-    assert all(isinstance(p, REGISTRY[name].params) for name, p in cfg.trainer.objectives.items())
+    for learner in cfg.learner_configs.values():
+        assert learner.agent in cfg.agents and set(learner.objectives) <= set(REGISTRY)
+        assert all(isinstance(p, REGISTRY[name].params) for name, p in learner.objectives.items())
 
 
 def test_configs_exist():
     assert any(p.name == "default.yaml" for p in CONFIGS)
     assert any(p.name == "tutoring_default.yaml" for p in CONFIGS)
+    assert any(p.name == "co_training.yaml" for p in CONFIGS)
 
 
 def _write(tmp_path, text):

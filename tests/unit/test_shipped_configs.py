@@ -14,12 +14,13 @@ MODEL_GENERATORS = ("hf", "vllm")  # scripted replies and endpoints have no dtyp
 
 
 def compute_dtypes(cfg) -> dict[str, str]:
-    """What each model of the run computes in: every model-backed agent, and the trainer (its
-    weights' dtype, or bf16 matmuls under autocast)."""
+    """What each model of the run computes in: every model-backed agent, and every learner's trainer
+    (its weights' dtype, or bf16 matmuls under autocast)."""
     out = {f"agents.{name}": hardware.resolve_dtype(spec.dtype)
            for name, spec in cfg.agents.items() if spec.generator.kind in MODEL_GENERATORS}
-    autocast = hardware.autocast_dtype(cfg.trainer.autocast)
-    out["trainer"] = "bfloat16" if autocast is not None else hardware.resolve_dtype(cfg.trainer.dtype)
+    for name, spec in cfg.learner_configs.items():
+        autocast = hardware.autocast_dtype(spec.autocast)
+        out[f"learners.{name}"] = "bfloat16" if autocast is not None else hardware.resolve_dtype(spec.dtype)
     return out
 
 
@@ -42,7 +43,7 @@ def test_a_cpu_without_bf16_computes_everything_in_fp32(path, cpu):
     cpu(has_bf16=False, speedup=10.0)
     cfg = load_config(path)
     assert set(compute_dtypes(cfg).values()) == {"float32"}, compute_dtypes(cfg)
-    assert hardware.autocast_dtype(cfg.trainer.autocast) is None
+    assert all(hardware.autocast_dtype(spec.autocast) is None for spec in cfg.learner_configs.values())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
