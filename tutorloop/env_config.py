@@ -27,6 +27,10 @@ class CorrectionEnvConfig(Strict):
     """Correction rounds per problem (teacher correction, mentor feedback, student revision)."""
     num_candidates: int = Field(1, ge=1, le=64)
     """Corrections the teacher samples per mistake; the first the verifier accepts is kept."""
+    feedback_candidates: int = Field(1, ge=1, le=16)
+    """Feedback replies the mentor samples per mistake (one call, same prompt); the student revises
+    after each, and the episode continues from an accepted revision if any. 1: one feedback, one
+    revision. Above 1 the mentor's feedback can be judged by its outcome (`envs/mentor_lessons.py`)."""
     max_reply_chars: int = Field(4000, ge=16)
     """Teacher and mentor replies are cut to this many characters before anyone reads them, so a
     runaway reply cannot overflow the next prompt (counted as `episodes/truncated_replies`)."""

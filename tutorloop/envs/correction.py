@@ -5,10 +5,16 @@ The env owns the control flow between agents and the verdicts; agents only talk.
 distillation is on, the teacher scores every student attempt right after it is sampled, so the
 scores belong to the policy version that produced the tokens. Its config names the agent that
 plays each part (student, teacher, mentor); the student is the one that learns.
+
+With `feedback_candidates` > 1 the mentor samples several feedbacks for the same prompt and the
+student revises after each. Every branch is kept in the episode's turns as a (feedback, revision)
+pair, the branches whose revision was wrong first and an accepted one last: `turns[-1]` is always
+the revision the episode continues from (and what the "final" reward grades).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -19,6 +25,7 @@ from tutorloop.envs.prompts import split_correction
 from tutorloop import objectives as objective_registry
 from tutorloop.envs.to_examples import to_lessons, trained_encoder
 from tutorloop.envs.evaluation import accuracy_report
+from tutorloop.envs.mentor_lessons import feedback_branches
 from tutorloop.graders import undecodable, verify
 from tutorloop.tasks import TaskPool
 from tutorloop.trainers.encoding import TokenEncoder
@@ -37,14 +44,16 @@ class CorrectionEnv:
     columns = COLUMNS
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
-                 max_reply_chars: int = 4000, score_top_k: int = 0, objectives: frozenset[str] = frozenset(),
-                 verifier: moves.Verifier = verify, encode: TokenEncoder | None = None) -> None:
+                 feedback_candidates: int = 1, max_reply_chars: int = 4000, score_top_k: int = 0,
+                 objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
+                 encode: TokenEncoder | None = None) -> None:
         """parts: part (student, teacher, mentor) → agent name (default: the part's own). score_top_k > 0: the teacher scores
-        student attempts with that many top-k log-probs (OPD); 0: no scoring. max_reply_chars:
+        student attempts with that many top-k log-probs (OPD); 0: no scoring. feedback_candidates:
+        mentor feedbacks per mistake, each followed by its own revision. max_reply_chars:
         teacher and mentor replies are cut there. objectives: the lessons `lessons` makes, with text
         targets encoded by `encode` (the trained agent's tokenizer)."""
         self.parts = dict(parts or {p: p for p in ("student", "teacher", "mentor")})
-        self.max_rounds, self.num_candidates = max_rounds, num_candidates
+        self.max_rounds, self.num_candidates, self.feedback_candidates = max_rounds, num_candidates, feedback_candidates
         self.max_reply_chars, self.score_top_k, self.objectives = max_reply_chars, score_top_k, objectives
         self.verifier, self.encode = verifier, encode
 
@@ -53,7 +62,7 @@ class CorrectionEnv:
         env = cfg.env
         assert isinstance(env, CorrectionEnvConfig)
         return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
-                   max_reply_chars=env.max_reply_chars,
+                   feedback_candidates=env.feedback_candidates, max_reply_chars=env.max_reply_chars,
                    objectives=frozenset(objective_registry.active(cfg.trainer.objectives)),
                    score_top_k=objective_registry.teacher_top_k(cfg.trainer.objectives), encode=trained_encoder(cfg))
 
@@ -66,8 +75,7 @@ class CorrectionEnv:
             correction = self._bounded(problem, await moves.demonstrate(
                 teacher, problem, turns[-1].text, num_candidates=self.num_candidates, verifier=self.verifier))
             turns.append(correction)  # fix it
-            turns.append(self._bounded(problem, await moves.review(mentor, problem, turns[-2].text, correction)))
-            turns.append(await self._student_turn(problem, student, teacher, tuple(turns)))  # revise
+            turns += await self._advise(problem, student, teacher, mentor, tuple(turns))  # feedback, revise
         stop = StopReason.SOLVED if turns[-1].correct else StopReason.MAX_ROUNDS
         return Episode(problem=problem, turns=tuple(turns), rewards=rewards(turns), stop=stop)
 
@@ -107,6 +115,29 @@ class CorrectionEnv:
         verdict = self.verifier(problem, split_correction(text)[1])
         return replace(turn, text=text, truncated=True, correct=verdict.correct, answer=verdict.answer)
 
+    async def _advise(self, problem: Problem, student: AgentHandle, teacher: AgentHandle, mentor: AgentHandle,
+                      history: tuple[Turn, ...]) -> list[Turn]:
+        """Mentor feedback on the latest attempt (`history[-2]`) from its correction (`history[-1]`),
+        then the student's revision after it: [feedback, revision], or one such pair per feedback
+        candidate (`_branches`)."""
+        if self.feedback_candidates > 1:
+            return await self._branches(problem, student, teacher, mentor, history)
+        feedback = self._bounded(problem, await moves.review(mentor, problem, history[-2].text, history[-1]))
+        # awaited directly, not gathered: a task switch here would reorder scripted replies across episodes
+        return [feedback, await self._student_turn(problem, student, teacher, (*history, feedback))]
+
+    async def _branches(self, problem: Problem, student: AgentHandle, teacher: AgentHandle, mentor: AgentHandle,
+                        history: tuple[Turn, ...]) -> list[Turn]:
+        """feedback_candidates feedbacks sampled in one call, the student revising after each
+        (concurrently), as (feedback, revision) pairs: wrong revisions first, accepted ones last, each
+        group in sample order, so the last pair is the one the episode continues from."""
+        candidates = await moves.reviews(mentor, problem, history[-2].text, history[-1], self.feedback_candidates)
+        feedback = [self._bounded(problem, turn) for turn in candidates]
+        revisions = await asyncio.gather(*(self._student_turn(problem, student, teacher, (*history, turn))
+                                           for turn in feedback))
+        branches = sorted(zip(feedback, revisions), key=lambda branch: branch[1].correct is True)
+        return [turn for branch in branches for turn in branch]
+
     async def _student_turn(self, problem: Problem, student: AgentHandle, teacher: AgentHandle,
                             history: tuple[Turn, ...]) -> Turn:
         turn = moves.verify(await moves.attempt(student, problem, history), problem, self.verifier)
@@ -140,7 +171,16 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         "episodes/reference_fallbacks": total["reference_fallbacks"],
         "episodes/hint_leaks": total["hint_leaks"],
         "episodes/turns_mean": sum(len(e.turns) for e in episodes) / n,
-    } | reply_counts(episodes)
+    } | feedback_counts(episodes) | reply_counts(episodes)
+
+
+def feedback_counts(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Every mentor feedback by its outcome, the revision right after it: with feedback_candidates > 1
+    after_feedback_acc is the best of the branches, this is each feedback's own rate."""
+    branches = [b for e in episodes for b in feedback_branches(e.turns)]
+    accepted = sum(revision.correct is True for _, revision in branches)
+    return {"episodes/feedbacks": float(len(branches)),
+            "episodes/feedback_accepted_rate": accepted / max(len(branches), 1)}
 
 
 def reply_counts(episodes: Sequence[Episode]) -> dict[str, float]:
