@@ -302,6 +302,8 @@ class RunConfig(Strict):
             if not parts:
                 raise ValueError(f"{where}: agent '{spec.agent}' plays no part env '{self.env.name}' makes lessons for "
                                  f"(its learning parts: {', '.join(learnable)})")
+            if refused := self.env.learning_refused(parts[0]):
+                raise ValueError(f"{where}: {refused}")
             self._objectives_fit(field, spec, parts[0])
             if self.runtime.kind == "local" and spec.resources.replicas > 1:
                 raise ValueError(f"{field}.resources.replicas > 1 (data parallel) needs runtime.kind=ray")

@@ -27,6 +27,10 @@ class CorrectionEnvConfig(Strict):
     """Correction rounds per problem (teacher correction, mentor feedback, student revision)."""
     num_candidates: int = Field(1, ge=1, le=64)
     """Corrections the teacher samples per mistake; the first the verifier accepts is kept."""
+    feedback_candidates: int = Field(1, ge=1, le=16)
+    """Feedback replies the mentor samples per mistake (one call, same prompt); the student revises
+    after each, and the episode continues from an accepted revision if any. 1: one feedback, one
+    revision. Above 1 the mentor's feedback can be judged by its outcome (`envs/mentor_lessons.py`)."""
     max_reply_chars: int = Field(4000, ge=16)
     """Teacher and mentor replies are cut to this many characters before anyone reads them, so a
     runaway reply cannot overflow the next prompt (counted as `episodes/truncated_replies`)."""
@@ -42,6 +46,13 @@ class CorrectionEnvConfig(Strict):
     def learnable_parts() -> tuple[str, ...]:
         """Parts this env makes lessons for: the student's (today's), the mentor's from outcomes."""
         return ("student", "mentor")
+
+    def learning_refused(self, part: str) -> str | None:
+        """Why `part` cannot learn with these knobs, if it cannot."""
+        if part == "mentor" and self.feedback_candidates < 2:
+            return ("env.feedback_candidates: the mentor learns by comparing what its feedback candidates led to; "
+                    "set it to 2 or more")
+        return None
 
     @property
     def trained(self) -> str:
@@ -81,6 +92,9 @@ class DialogueEnvConfig(Strict):
     def learnable_parts() -> tuple[str, ...]:
         return ("tutor",)
 
+    def learning_refused(self, part: str) -> str | None:
+        return None
+
     @property
     def trained(self) -> str:
         return self.tutor
@@ -109,6 +123,9 @@ class RolloutsEnvConfig(Strict):
     @staticmethod
     def learnable_parts() -> tuple[str, ...]:
         return ("student",)
+
+    def learning_refused(self, part: str) -> str | None:
+        return None
 
     @property
     def trained(self) -> str:

@@ -50,10 +50,17 @@ def test_a_learner_must_name_an_agent_that_plays_a_learning_part():
 
 
 def test_only_the_scored_part_may_distill_from_the_teacher():
-    raw = {"agents": AGENTS, "learners": {"m": {"agent": "mentor", "objectives": {"kd": 1.0}}}}
+    raw = {"agents": AGENTS, "env": {"feedback_candidates": 2}, "learners": {"m": {"agent": "mentor", "objectives": {"kd": 1.0}}}}
     assert "learners.m.objectives.kd: env 'correction' has no teacher to score the mentor's tokens" in _error(raw)
 
 
 def test_a_learners_bad_weight_names_its_key():
     raw = {"agents": AGENTS, "learners": {"m": {"agent": "mentor", "objectives": {"sft": -1.0}}}}
     assert "learners.m.objectives" in _error(raw)
+
+
+def test_a_mentor_learner_needs_feedback_candidates_to_compare():
+    raw = {"agents": AGENTS, "learners": {"m": {"agent": "mentor", "objectives": {"sft": 1.0}}}}
+    assert "env.feedback_candidates: the mentor learns by comparing" in _error(raw)
+    ok = validate_config(raw | {"env": {"feedback_candidates": 2}})
+    assert ok.learner_of("mentor") == "m" and ok.learner_of("student") is None  # the student is frozen here

@@ -5,10 +5,16 @@ The env owns the control flow between agents and the verdicts; agents only talk.
 distillation is on, the teacher scores every student attempt right after it is sampled, so the
 scores belong to the policy version that produced the tokens. Its config names the agent that
 plays each part (student, teacher, mentor); the student is the one that learns.
+
+With `feedback_candidates` > 1 the mentor samples several feedbacks for the same prompt and the
+student revises after each. Every branch is kept in the episode's turns as a (feedback, revision)
+pair, the branches whose revision was wrong first and an accepted one last: `turns[-1]` is always
+the revision the episode continues from (and what the "final" reward grades).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -17,8 +23,10 @@ from tutorloop.config import CorrectionEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.prompts import split_correction
 from tutorloop.envs.learning import Learning, learning_parts
+from tutorloop.envs.mentor_lessons import to_mentor_lessons
 from tutorloop.envs.to_examples import to_lessons
 from tutorloop.envs.evaluation import accuracy_report
+from tutorloop.envs.mentor_lessons import feedback_branches
 from tutorloop.graders import undecodable, verify
 from tutorloop.tasks import TaskPool
 from tutorloop.trainers.encoding import TokenEncoder
@@ -37,16 +45,17 @@ class CorrectionEnv:
     columns = COLUMNS
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
-                 max_reply_chars: int = 4000, score_top_k: int = 0, objectives: frozenset[str] = frozenset(),
-                 verifier: moves.Verifier = verify, encode: TokenEncoder | None = None, learner: str = "student",
-                 mentor: Learning | None = None) -> None:
+                 feedback_candidates: int = 1, max_reply_chars: int = 4000, score_top_k: int = 0,
+                 objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
+                 encode: TokenEncoder | None = None, learner: str = "student", mentor: Learning | None = None) -> None:
         """parts: part (student, teacher, mentor) → agent name (default: the part's own). score_top_k > 0: the teacher scores
-        student attempts with that many top-k log-probs (OPD); 0: no scoring. max_reply_chars:
+        student attempts with that many top-k log-probs (OPD); 0: no scoring. feedback_candidates:
+        mentor feedbacks per mistake, each followed by its own revision. max_reply_chars:
         teacher and mentor replies are cut there. objectives: the lessons `lessons` makes, with text
         targets encoded by `encode` (the student's tokenizer), addressed to `learner`. mentor: how the
         mentor learns, if it does."""
         self.parts = dict(parts or {p: p for p in ("student", "teacher", "mentor")})
-        self.max_rounds, self.num_candidates = max_rounds, num_candidates
+        self.max_rounds, self.num_candidates, self.feedback_candidates = max_rounds, num_candidates, feedback_candidates
         self.max_reply_chars, self.score_top_k, self.objectives = max_reply_chars, score_top_k, objectives
         self.verifier, self.encode, self.learner, self.mentor = verifier, encode, learner, mentor
 
@@ -57,7 +66,8 @@ class CorrectionEnv:
         learning = learning_parts(cfg)
         student = learning.get("student")
         return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
-                   max_reply_chars=env.max_reply_chars, objectives=student.objectives if student else frozenset(),
+                   feedback_candidates=env.feedback_candidates, max_reply_chars=env.max_reply_chars,
+                   objectives=student.objectives if student else frozenset(),
                    score_top_k=student.top_k if student else 0, encode=student.encode if student else None,
                    learner=student.learner if student else "student", mentor=learning.get("mentor"))
 
@@ -70,8 +80,7 @@ class CorrectionEnv:
             correction = self._bounded(problem, await moves.demonstrate(
                 teacher, problem, turns[-1].text, num_candidates=self.num_candidates, verifier=self.verifier))
             turns.append(correction)  # fix it
-            turns.append(self._bounded(problem, await moves.review(mentor, problem, turns[-2].text, correction)))
-            turns.append(await self._student_turn(problem, student, teacher, tuple(turns)))  # revise
+            turns += await self._advise(problem, student, teacher, mentor, tuple(turns))  # feedback, revise
         stop = StopReason.SOLVED if turns[-1].correct else StopReason.MAX_ROUNDS
         return Episode(problem=problem, turns=tuple(turns), rewards=rewards(turns), stop=stop)
 
@@ -83,6 +92,9 @@ class CorrectionEnv:
             assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
             out += [replace(x, learner=self.learner) for x in
                     to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives))]
+        if self.mentor is not None:
+            out += to_mentor_lessons(episodes, self.mentor.encode, objectives=set(self.mentor.objectives),
+                                     learner=self.mentor.learner, verify=self.verifier)
         return out
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
@@ -115,6 +127,29 @@ class CorrectionEnv:
             return replace(turn, text=text, truncated=True)
         verdict = self.verifier(problem, split_correction(text)[1])
         return replace(turn, text=text, truncated=True, correct=verdict.correct, answer=verdict.answer)
+
+    async def _advise(self, problem: Problem, student: AgentHandle, teacher: AgentHandle, mentor: AgentHandle,
+                      history: tuple[Turn, ...]) -> list[Turn]:
+        """Mentor feedback on the latest attempt (`history[-2]`) from its correction (`history[-1]`),
+        then the student's revision after it: [feedback, revision], or one such pair per feedback
+        candidate (`_branches`)."""
+        if self.feedback_candidates > 1:
+            return await self._branches(problem, student, teacher, mentor, history)
+        feedback = self._bounded(problem, await moves.review(mentor, problem, history[-2].text, history[-1]))
+        # awaited directly, not gathered: a task switch here would reorder scripted replies across episodes
+        return [feedback, await self._student_turn(problem, student, teacher, (*history, feedback))]
+
+    async def _branches(self, problem: Problem, student: AgentHandle, teacher: AgentHandle, mentor: AgentHandle,
+                        history: tuple[Turn, ...]) -> list[Turn]:
+        """feedback_candidates feedbacks sampled in one call, the student revising after each
+        (concurrently), as (feedback, revision) pairs: wrong revisions first, accepted ones last, each
+        group in sample order, so the last pair is the one the episode continues from."""
+        candidates = await moves.reviews(mentor, problem, history[-2].text, history[-1], self.feedback_candidates)
+        feedback = [self._bounded(problem, turn) for turn in candidates]
+        revisions = await asyncio.gather(*(self._student_turn(problem, student, teacher, (*history, turn))
+                                           for turn in feedback))
+        branches = sorted(zip(feedback, revisions), key=lambda branch: branch[1].correct is True)
+        return [turn for branch in branches for turn in branch]
 
     async def _student_turn(self, problem: Problem, student: AgentHandle, teacher: AgentHandle,
                             history: tuple[Turn, ...]) -> Turn:
@@ -149,7 +184,16 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         "episodes/reference_fallbacks": total["reference_fallbacks"],
         "episodes/hint_leaks": total["hint_leaks"],
         "episodes/turns_mean": sum(len(e.turns) for e in episodes) / n,
-    } | reply_counts(episodes)
+    } | feedback_counts(episodes) | reply_counts(episodes)
+
+
+def feedback_counts(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Every mentor feedback by its outcome, the revision right after it: with feedback_candidates > 1
+    after_feedback_acc is the best of the branches, this is each feedback's own rate."""
+    branches = [b for e in episodes for b in feedback_branches(e.turns)]
+    accepted = sum(revision.correct is True for _, revision in branches)
+    return {"episodes/feedbacks": float(len(branches)),
+            "episodes/feedback_accepted_rate": accepted / max(len(branches), 1)}
 
 
 def reply_counts(episodes: Sequence[Episode]) -> dict[str, float]:

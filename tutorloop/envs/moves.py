@@ -1,5 +1,6 @@
 """The steps envs are made of, as small async functions of an agent handle and the problem: attempt,
-verify, demonstrate, review and score for the correction env; speak and tag for dialogues.
+verify, demonstrate, review (or reviews, n candidates) and score for the correction env; speak and
+tag for dialogues.
 
 A move builds the prompt (`prompts`), samples from the agent it is given and returns a Turn under
 the part that agent plays (`part`: "student", "teacher", ...; lessons and metrics read parts, never
@@ -86,13 +87,36 @@ async def review(agent: AgentHandle, problem: Problem, attempt_text: str, correc
                  part: str = "mentor") -> Turn:
     """Feedback on the attempt from the correction's diagnosis, never its solution. A small model
     leaks the answer easily, so whole-number occurrences of it are redacted (provenance "redacted")."""
-    diagnosis = prompts.split_correction(correction.text)[0] if correction else ""
-    prompt = prompts.mentor_feedback(problem, attempt_text, diagnosis or prompts.NO_DIAGNOSIS)
+    prompt = _feedback_prompt(problem, attempt_text, correction)
     (out,) = await agent.sample(prompt)
-    text, provenance = out.text, agent.provenance
-    if problem.answer and contains_number(text, problem.answer):
-        text, provenance = redact_number(text, problem.answer), "redacted"
+    text, provenance = _leak_free(problem, out.text, agent.provenance)
     return Turn(role=part, text=text or prompts.NO_DIAGNOSIS, prompt=prompt, kind="feedback", provenance=provenance)
+
+
+async def reviews(agent: AgentHandle, problem: Problem, attempt_text: str, correction: Turn | None, n: int, *,
+                  part: str = "mentor") -> list[Turn]:
+    """n feedback candidates for the same prompt, sampled in one call, each redacted for the student
+    as `review` redacts. Each keeps its sampled token ids, log-probs and policy version: the mentor's
+    own targets, as sampled (a redacted candidate's ids are what it said, answer included)."""
+    prompt = _feedback_prompt(problem, attempt_text, correction)
+    turns = []
+    for out in await agent.sample(prompt, n=n):
+        text, provenance = _leak_free(problem, out.text, agent.provenance)
+        turn = _turn(part, out, prompt, "feedback", agent, text or prompts.NO_DIAGNOSIS)
+        turns.append(dataclasses.replace(turn, provenance=provenance))
+    return turns
+
+
+def _feedback_prompt(problem: Problem, attempt_text: str, correction: Turn | None) -> Messages:
+    diagnosis = prompts.split_correction(correction.text)[0] if correction else ""
+    return prompts.mentor_feedback(problem, attempt_text, diagnosis or prompts.NO_DIAGNOSIS)
+
+
+def _leak_free(problem: Problem, text: str, provenance: str) -> tuple[str, str]:
+    """The feedback with the answer redacted, and its provenance ("redacted" if it stated the answer)."""
+    if problem.answer and contains_number(text, problem.answer):
+        return redact_number(text, problem.answer), "redacted"
+    return text, provenance
 
 
 async def score(agent: AgentHandle, problem: Problem, turn: Turn, top_k: int) -> TokenScores:
