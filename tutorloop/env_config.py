@@ -73,7 +73,8 @@ class DialogueEnvConfig(Strict):
     """Student replies after its opening explanation (MathDial's k); a dialogue also ends as soon as
     the student states the answer."""
     telling_penalty: float = Field(0.5, ge=0.0)
-    """λ in the per-dialogue reward success − λ·telling (recorded on every dialogue)."""
+    """λ in the per-dialogue reward success − λ·telling (recorded on every dialogue; the tutor trains
+    on it through the `pg` objective)."""
     num_candidates: int = Field(1, ge=1, le=64)
     """Tutor replies sampled per turn; the first is said, the others that state the answer become
     DPO rejects."""

@@ -75,6 +75,19 @@ def test_tutoring_run_trains_the_tutor_and_writes_metrics_transcripts_and_viewer
     assert list(offline.glob("*.wandb"))
 
 
+def test_a_tutoring_run_trains_the_tutor_through_pg(tmp_path, tiny_lm_dir):
+    """`pg` alone: every sampled tutor turn of the round reaches the trainer, as sampled."""
+    config = tutoring_config(tmp_path, tiny_lm_dir, trainer={"objectives": {"pg": 1.0}},
+                             loop={"rounds": 1, "problems_per_round": 2}, eval={"before": False, "after": False})
+    assert main(["run", str(config)]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dialogues = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    sampled = [t for d in dialogues for t in d["turns"] if t["role"] == "tutor" and t["provenance"] == "model"]
+    assert len(dialogues) == 2 and sampled and all(len(t["token_ids"]) == len(t["logprobs"]) for t in sampled)
+    assert row["lessons/pg"] == len(sampled) and row["pg/tokens"] == sum(len(t["token_ids"]) for t in sampled)
+    assert row["policy_version"] == 1
+
+
 def test_a_tutoring_run_resumes_and_evaluates_during_training_like_any_run(tmp_path, tiny_lm_dir):
     """Dialogues run through the one loop: a checkpoint after round 0, a continuation to 3 rounds
     with `eval.every=1` (greedy tutor on the held-out students after round 1, not after the last)."""

@@ -34,7 +34,8 @@ COLUMNS = (("round", "round", "{:.0f}"),
            *((f"success@{k}", f"tutoring/success@{k}", "{:.2f}") for k in (1, 3, 7)),
            *((f"telling@{k}", f"tutoring/telling@{k}", "{:.2f}") for k in (1, 3, 7)),
            ("replies", "tutoring/student_replies", "{:.1f}"), ("reward", "tutoring/reward", "{:.2f}"),
-           ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"), ("s", "round/seconds", "{:.1f}"))
+           ("sft", "loss/sft", "{:.3f}"), ("dpo", "loss/dpo", "{:.3f}"),
+           ("pg", "loss/pg", "{:.3f}"), ("s", "round/seconds", "{:.1f}"))
 """The console's per-round table as (title, metric key, format)."""
 
 
@@ -86,7 +87,8 @@ class DialogueEnv:
         return self.episode(problem, turns)
 
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
-        """SFT on the tutor turns of successful dialogues without telling; DPO over telling alternatives."""
+        """SFT on the tutor turns of successful dialogues without telling; DPO over telling alternatives;
+        pg on every sampled tutor turn with its dialogue's reward against this round's mean."""
         if not self.objectives:
             return []
         assert self.encode is not None, "lessons need the tutor's tokenizer (encode=)"

@@ -1,6 +1,7 @@
 """Episodes → `Lesson`s, one per objective that trains on them: the only place where what the agents
 said becomes training data, in the trained model's token ids. Pairs feed `dpo` and `redi`; the
-student's own samples with the teacher's scores feed `kd` (on-policy distillation) and `opd_pg`.
+student's own samples with the teacher's scores feed `kd` (on-policy distillation) and `opd_pg`;
+the tutor's own samples with their dialogue's advantage feed `pg`.
 
 The rule that matters: no text becomes an SFT target or a DPO "chosen" unless the verifier accepts
 its final answer, checked here again on the exact text that will be trained on. Text that shows
@@ -11,7 +12,7 @@ trained under the student's bare attempt prompt, because that is what the studen
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from dataclasses import replace
 
@@ -90,21 +91,56 @@ def to_tutor_lessons(dialogues: Iterable[Episode], encode: TokenEncoder, *, obje
     sampled for the same prompt that states the answer (a turn that led to success over one that
     told). The env's fixed opening is nobody's choice and never a target. Tutor texts are cut to
     one utterance after sampling, so they are encoded (no EOS on the rejected side).
+    PG: every sampled tutor turn of every dialogue, with the dialogue's advantage (`tutor_pg_lessons`).
     """
+    dialogues = list(dialogues)  # read twice with pg: its baseline is the mean over all of them
+    lessons = [lesson for dialogue in dialogues for lesson in success_lessons(dialogue, encode, objectives)]
+    if "pg" in objectives:
+        lessons += tutor_pg_lessons(dialogues, encode)
+    return lessons
+
+
+def success_lessons(dialogue: Episode, encode: TokenEncoder, objectives: set[str]) -> list[Lesson]:
+    """SFT and DPO lessons of one dialogue: none unless the student succeeded without being told."""
+    success, telling = outcome(dialogue.turns, dialogue.problem.answer)
+    if not success or telling:
+        return []
     lessons: list[Lesson] = []
     pairs = objectives & PAIR_OBJECTIVES
-    for dialogue in dialogues:
-        success, telling = outcome(dialogue.turns, dialogue.problem.answer)
-        if not success or telling:
+    for turn in dialogue.turns:
+        if turn.role != "tutor" or turn.provenance == "env" or not turn.text:
             continue
-        for turn in dialogue.turns:
-            if turn.role != "tutor" or turn.provenance == "env" or not turn.text:
-                continue
-            prompt_ids, chosen = encode.prompt(turn.prompt), encode.text(turn.text)
-            if "sft" in objectives:
-                lessons.append(Lesson("sft", prompt_ids, chosen, provenance=f"tutor:{turn.provenance}"))
-            lessons += [Lesson(name, prompt_ids, chosen, rejected_ids=encode.text(alt, eos=False),
-                               provenance="success>telling")
-                        for alt in turn.alternatives if contains_number(alt, dialogue.problem.answer or "")
-                        for name in sorted(pairs)]
+        prompt_ids, chosen = encode.prompt(turn.prompt), encode.text(turn.text)
+        if "sft" in objectives:
+            lessons.append(Lesson("sft", prompt_ids, chosen, provenance=f"tutor:{turn.provenance}"))
+        lessons += [Lesson(name, prompt_ids, chosen, rejected_ids=encode.text(alt, eos=False),
+                           provenance="success>telling")
+                    for alt in turn.alternatives if contains_number(alt, dialogue.problem.answer or "")
+                    for name in sorted(pairs)]
     return lessons
+
+
+def tutor_pg_lessons(dialogues: Sequence[Episode], encode: TokenEncoder) -> list[Lesson]:
+    """`pg` lessons: how the reward success − λ·telling (`dialogue_rewards`, λ = env.telling_penalty)
+    reaches the tutor's gradient. Every tutor turn the model sampled, in every dialogue (successful
+    or not), is a lesson with the dialogue's advantage A = reward − mean reward of `dialogues`.
+
+    The baseline is the batch's: the env passes one round's dialogues per call, so A compares a
+    dialogue with the others of its round; every dialogue passed counts in it, also one without a
+    sampled turn. With a single dialogue A = 0 and the lessons teach nothing. All turns of a dialogue share its A (the reward is the whole dialogue's). The env's
+    opening was not sampled, and recorded dialogues (MathDial) have no token ids or behaviour
+    log-probs: neither becomes a lesson. Targets are the ids as sampled, which the behaviour
+    log-probs are aligned with (the text was cut to one utterance afterwards; the ids were not).
+    """
+    if not dialogues:
+        return []
+    baseline = sum(d.rewards["reward"] for d in dialogues) / len(dialogues)
+    return [Lesson("pg", encode.prompt(turn.prompt), turn.token_ids, behavior_logprobs=turn.logprobs,
+                   policy_version=turn.policy_version, advantage=dialogue.rewards["reward"] - baseline,
+                   provenance="tutor:reward")
+            for dialogue in dialogues for turn in dialogue.turns if sampled_tutor_turn(turn)]
+
+
+def sampled_tutor_turn(turn: Turn) -> bool:
+    """A tutor turn the trained model sampled, with what a policy gradient needs of it."""
+    return turn.role == "tutor" and turn.provenance != "env" and bool(turn.token_ids) and bool(turn.logprobs)
