@@ -57,6 +57,47 @@ def save_tiny_lm(path: Path, seed: int, layers: int = 2, hidden: int = 32) -> Pa
     return path
 
 
+def save_answering_lm(path: Path, answers: tuple[str, ...] = ("1", "2"), steps: int = 80) -> Path:
+    """A tiny model taught to reply "The answer is X." (X one of `answers`, about equally often) to
+    any chat prompt: its replies decode, and about 1/len(answers) of them are right on problems
+    whose answer is among `answers`, so envs whose lessons need some right and some wrong replies
+    (the mentor's outcomes) have both. Seconds of full fine-tuning on the CPU, in one batch."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    save_tiny_lm(path, seed=2)
+    tok, model = build_tiny_tokenizer(), AutoModelForCausalLM.from_pretrained(path)
+    rng, rows = random.Random(0), []
+    for i in range(48):
+        words = " ".join(rng.choice(["Solve", "the", "problem", "feedback", "wrong", "revise", "Tom", "has", "3", "+"])
+                         for _ in range(rng.randrange(2, 30)))
+        messages = [{"role": "system", "content": words[: len(words) // 2]}, {"role": "user", "content": words}]
+        prompt = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False).input_ids
+        target = tok(f"The answer is {answers[i % len(answers)]}.<|im_end|>", add_special_tokens=False).input_ids
+        rows.append((prompt + target, [-100] * len(prompt) + target))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows])
+    labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_answering_lm_dir(tmp_path_factory) -> Path:
+    """A tiny model that replies "The answer is 1." or "... 2." about equally (`save_answering_lm`)."""
+    return save_answering_lm(tmp_path_factory.mktemp("tiny_answering"))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

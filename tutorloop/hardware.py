@@ -148,7 +148,8 @@ def thread_report() -> dict[str, Any]:
     return {"pid": os.getpid(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "plan": os.environ.get(THREADS_ENV),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
-            "takes_turns": bool(os.environ.get(TURNS_ENV))}
+            "takes_turns": bool(os.environ.get(TURNS_ENV)),
+            "auto_dtype": auto_dtype("cpu") if auto_dtype.cache_info().currsize else None}
 
 
 @contextlib.contextmanager

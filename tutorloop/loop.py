@@ -178,8 +178,9 @@ async def evaluate(job: Run, cfg: RunConfig, label: str | None, when: str, log: 
 async def note_threads(runtime: Any, log: RunLog) -> None:
     """Once per run: what each actor computes with, so a slow round can be told from a starved one."""
     for r in await runtime.thread_reports():
+        dtype = f", dtype auto = {r['auto_dtype']}" if r.get("auto_dtype") else ""  # what the probe chose here
         log.note(f"{r['actor']} (pid {r['pid']}): {r['torch_threads']} torch threads on {r['cores']} cores"
-                 f"{', taking turns on the CPU' if r['takes_turns'] else ''} (OMP_NUM_THREADS={r['OMP_NUM_THREADS']})")
+                 f"{', taking turns on the CPU' if r['takes_turns'] else ''} (OMP_NUM_THREADS={r['OMP_NUM_THREADS']}){dtype}")
 
 
 def over_budget(train_seconds: float, budget_minutes: float | None, log: RunLog) -> bool:

@@ -40,14 +40,15 @@ learners:
   student: {{agent: student, lr: 0.01, lora: {LORA}, objectives: {{sft: 1.0, dpo: 0.5, kd: {{top_k: 4}}}}}}
   mentor: {{agent: mentor, lr: 0.02, lora: {LORA}, objectives: {{sft: 1.0, dpo: 0.5}}}}
 loop: {{rounds: {ROUNDS}, problems_per_round: 4}}"""
-"""The student and the mentor learn side by side; single-digit answers, so that the tiny random
-student's revisions are sometimes right and the mentor has outcomes to learn from."""
+"""The student and the mentor learn side by side, both on the tiny model that answers 1 or 2
+(`save_answering_lm`), on problems whose answer is 1 or 2: some revisions are right and some wrong,
+so the mentor has outcomes to learn from."""
 
 
 def _tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "digits.jsonl"
-    rows = [{"id": f"d{i}", "prompt": f"What is {i % 7} + {i % 3}?", "answer": str(i % 7 + i % 3),
-             "solution": f"{i % 7} + {i % 3} = {i % 7 + i % 3}. The answer is {i % 7 + i % 3}."} for i in range(30)]
+    path = tmp_path / "ones_and_twos.jsonl"
+    rows = [{"id": f"d{i}", "prompt": f"What is {i % 2} + 1?", "answer": str(i % 2 + 1),
+             "solution": f"{i % 2} + 1 = {i % 2 + 1}. The answer is {i % 2 + 1}."} for i in range(30)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -55,13 +56,15 @@ def _tasks(tmp_path: Path) -> Path:
 def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str = "disabled",
             learners: str = ONE_LEARNER) -> str:
     path = tmp_path / f"{name}.yaml"
+    # Two learners: "The answer is 1." takes 16 byte tokens; the mentor plays on the student's model.
+    mentor, tokens, mentor_tokens = (student, 20, 20) if learners is TWO_LEARNERS else (teacher, 8, 6)
     path.write_text(f"""
 name: {name}
 run_dir: {tmp_path / name}
 agents:
-  student: {{model: {student}, sampling: {{max_new_tokens: 8}}}}
+  student: {{model: {student}, sampling: {{max_new_tokens: {tokens}}}}}
   teacher: {{model: {teacher}, sampling: {{max_new_tokens: 8}}}}
-  mentor: {{model: {teacher}, sampling: {{max_new_tokens: 6}}}}
+  mentor: {{model: {mentor}, sampling: {{max_new_tokens: {mentor_tokens}}}}}
 {learners.replace("{tasks}", str(_tasks(tmp_path)))}
 eval: {{before: true, after: false, max_new_tokens: 6}}
 checkpoint: {{every: 1, keep: 2}}
@@ -100,9 +103,11 @@ def _checkpoints(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("learners", [ONE_LEARNER, TWO_LEARNERS], ids=["student", "student+mentor"])
-def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, tiny_teacher_dir, learners):
+def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, tiny_teacher_dir, learners, request):
     from safetensors.torch import load_file
 
+    if learners is TWO_LEARNERS:
+        tiny_lm_dir = request.getfixturevalue("tiny_answering_lm_dir")
     seed = int(os.environ.get("TUTORLOOP_KILL_SEED", random.SystemRandom().randrange(2**31)))
     rng = random.Random(seed)
     reference = tmp_path / "reference"
@@ -141,6 +146,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
         a = load_file(victim / name / "adapter_model.safetensors")
         b = load_file(reference / name / "adapter_model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name}'s weights differ ({where})"
+        assert any(b[k].abs().sum() > 0 for k in b if "lora_B" in k), f"{name} never learned"  # B starts at 0
     runs = {p.name.rsplit("-", 1)[-1] for p in (victim / "wandb").glob("offline-run-*")}
     if saved:  # a run killed before its first checkpoint starts afresh, under a new W&B id
         assert len(runs) == 1, f"the resumed run started a new W&B run: {runs} ({where})"

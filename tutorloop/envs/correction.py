@@ -25,10 +25,9 @@ from tutorloop.envs.prompts import split_correction
 from tutorloop.envs.learning import Learning, learning_parts
 from tutorloop.envs.mentor_lessons import to_mentor_lessons
 from tutorloop.envs.to_examples import to_lessons
-from tutorloop.envs.evaluation import accuracy_report
+from tutorloop.envs.evaluation import SolvesBareProblems
 from tutorloop.envs.mentor_lessons import feedback_branches
 from tutorloop.graders import undecodable, verify
-from tutorloop.tasks import TaskPool
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, StopReason, Turn
 
@@ -41,7 +40,7 @@ COLUMNS = (("round", "round", "{:.0f}"), ("first try", "episodes/first_try_acc",
 """The console's per-round table as (title, metric key, format)."""
 
 
-class CorrectionEnv:
+class CorrectionEnv(SolvesBareProblems):
     columns = COLUMNS
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
@@ -99,21 +98,6 @@ class CorrectionEnv:
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
         return episode_metrics(episodes)
-
-    def problems(self, pool: TaskPool) -> TaskPool:
-        """Every problem as it comes: the student attempts its bare prompt."""
-        return pool
-
-    def prelude(self, pool: TaskPool) -> list[Lesson]:
-        """No lessons before round 0."""
-        return []
-
-    async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
-                       max_new_tokens: int) -> tuple[dict[str, float], str]:
-        """Greedy accuracy of the student's bare attempts: `eval/accuracy_<label>`, or `eval/accuracy`
-        during training (label None), and the line that reports it."""
-        return await accuracy_report(agents[self.parts["student"]].generator, problems, label,
-                                     max_new_tokens=max_new_tokens)
 
     def _bounded(self, problem: Problem, turn: Turn) -> Turn:
         """The reply cut to max_reply_chars, so a runaway teacher or mentor (an endpoint, a large

@@ -111,3 +111,25 @@ async def _replies(generator: Any, problems: Sequence[Problem], params: Sampling
         return []
     outs = await generator.generate([student_attempt(p) for p in problems], params)
     return [out.text for out in outs]
+
+
+class SolvesBareProblems:
+    """What envs whose student attempts each bare problem share (correction, rollouts): problems as
+    they come, no lessons before round 0, and the student's greedy accuracy as the evaluation."""
+
+    parts: dict[str, str]
+
+    def problems(self, pool: Any) -> Any:
+        """Every problem as it comes: the student attempts its bare prompt."""
+        return pool
+
+    def prelude(self, pool: Any) -> list[Any]:
+        """No lessons before round 0."""
+        return []
+
+    async def evaluate(self, agents: Any, problems: Sequence[Problem], label: str | None, *,
+                       max_new_tokens: int) -> tuple[dict[str, float], str]:
+        """Greedy accuracy of the student's bare attempts: `eval/accuracy_<label>`, or `eval/accuracy`
+        during training (label None), and the line that reports it."""
+        return await accuracy_report(agents[self.parts["student"]].generator, problems, label,
+                                     max_new_tokens=max_new_tokens)

@@ -21,11 +21,10 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import RolloutsEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
-from tutorloop.envs.evaluation import accuracy_report
+from tutorloop.envs.evaluation import SolvesBareProblems
 from tutorloop.envs.learning import learning_parts
 from tutorloop.envs.to_examples import to_lessons
 from tutorloop.graders import verify
-from tutorloop.tasks import TaskPool
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, StopReason, Turn
 
@@ -37,7 +36,7 @@ COLUMNS = (("round", "round", "{:.0f}"), ("reward", "rollouts/reward_mean", "{:.
            ("s", "round/seconds", "{:.1f}"))
 
 
-class RolloutsEnv:
+class RolloutsEnv(SolvesBareProblems):
     columns = COLUMNS
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, group_size: int, top_k: int = 20,
@@ -85,18 +84,6 @@ class RolloutsEnv:
                 "rollouts/zero_std_groups": sum(e.rewards["reward_std"] == 0.0 for e in episodes) / n,
                 "rollouts/samples": float(sum(len(e.turns) for e in episodes))} | (
             {"rollouts/teacher_logprob_mean": sum(scored) / len(scored)} if scored else {}) | reply_counts(episodes)
-
-    def problems(self, pool: TaskPool) -> TaskPool:
-        return pool
-
-    def prelude(self, pool: TaskPool) -> list[Lesson]:
-        return []
-
-    async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
-                       max_new_tokens: int) -> tuple[dict[str, float], str]:
-        """Greedy accuracy of the student, as the correction env reports it."""
-        return await accuracy_report(agents[self.parts["student"]].generator, problems, label,
-                                     max_new_tokens=max_new_tokens)
 
     async def _scored(self, teacher: AgentHandle, problem: Problem, turn: Turn) -> Turn:
         if not turn.token_ids:

@@ -12,7 +12,7 @@ trained under the student's bare attempt prompt, because that is what the studen
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from dataclasses import replace
 
