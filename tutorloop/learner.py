@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tutorloop import objectives as objective_registry
 from tutorloop.config import LoopConfig, RunConfig
 from tutorloop.trainers import build_trainer
 from tutorloop.trainers.replay import LessonBuffer
@@ -24,15 +25,21 @@ class Learner:
     generator: Any
     buffer: LessonBuffer
     max_nonfinite_steps: int
+    objectives: Mapping[str, Any]
+    """Its objectives' parameters, read for the weights of scheduled ones each round."""
     prefix: str = ""
     """Put before its metric names: "" for the env's trained part, "<name>/" for the others."""
 
-    async def step(self, lessons: Iterable[Lesson], version: int, loop: LoopConfig) -> tuple[int, dict[str, float]]:
-        """Its lessons into its buffer, one optimizer step on what the buffer gives, the new weights to
-        its agent's generator. Returns the version that generator now samples, and the step's metrics."""
+    async def step(self, lessons: Iterable[Lesson], version: int, loop: LoopConfig,
+                   round_index: int) -> tuple[int, dict[str, float]]:
+        """Its lessons into its buffer, one optimizer step on what the buffer gives (scheduled
+        objectives at this round's weights), the new weights to its agent's generator. Returns the
+        version that generator now samples, and the step's metrics."""
         self.buffer.add(x for x in lessons if x.learner == self.name)
         batch = self.buffer.take(version=version, max_staleness=loop.max_staleness, max_per_kind=loop.max_lessons_per_step)
-        metrics = await self.trainer.step(batch) | lesson_counts(batch, self.buffer)
+        weights = objective_registry.at_round(self.objectives, round_index)
+        metrics = await (self.trainer.step(batch, weights) if weights else self.trainer.step(batch))
+        metrics |= lesson_counts(batch, self.buffer) | {f"weight/{name}": w for name, w in weights.items()}
         version = await self.sync()
         return version, {f"{self.prefix}{key}": value for key, value in metrics.items()}
 
@@ -45,7 +52,7 @@ def build_learners(runtime: Any, cfg: RunConfig, generators: Mapping[str, Any]) 
     """Every learner of the run, with its own trainer and buffer, on its agent's generator."""
     primary = cfg.learner_of(cfg.trainable)
     return {name: Learner(name, spec.agent, build_trainer(runtime, cfg, name), generators[spec.agent],
-                          LessonBuffer(cfg.loop.buffer_size), spec.max_nonfinite_steps,
+                          LessonBuffer(cfg.loop.buffer_size), spec.max_nonfinite_steps, spec.objectives,
                           prefix="" if name == primary else f"{name}/")
             for name, spec in cfg.learner_configs.items()}
 

@@ -80,7 +80,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
         lessons = job.env.lessons(episodes_P)  # each addressed to a learner, with the policy version that made it
         versions, metrics = dict(progress.versions), {}
         for name, learner in job.learners.items():  # independent steps: each on its own lessons and agent
-            versions[name], stepped = await learner.step(lessons, progress.versions.get(name, 0), cfg.loop)
+            versions[name], stepped = await learner.step(lessons, progress.versions.get(name, 0), cfg.loop, r)
             metrics |= stepped
         metrics |= await generation_metrics(job.generators)
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)

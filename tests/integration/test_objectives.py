@@ -71,3 +71,15 @@ def test_registry_entries_are_complete():
     assert registry.teacher_top_k(registry.parse({"sft": 1, "kd": {"top_k": 7}})) == 7
     assert registry.teacher_top_k(registry.parse({"opd_pg": 1})) == 1
     assert registry.teacher_top_k(registry.parse({"sft": 1, "kd": {"weight": 0}})) == 0
+
+
+def test_a_scheduled_weight_is_the_rounds_weight_in_the_step(tiny_lm_dir):
+    """A round whose scheduled weight is 0 trains nothing; the next, at weight 1, does."""
+    objectives = registry.parse({"sft": {"schedule": [[0, 0.0], [1, 1.0]]}})
+    trainer = OnlineTrainer(str(tiny_lm_dir), objectives=objectives, lr=1e-2, lora=None)
+    batch = [Lesson("sft", (1, 2, 3), (40, 41, 2))]
+    before = [p.detach().clone() for p in trainer.params]
+    first = asyncio.run(trainer.step(batch, registry.at_round(objectives, 0)))
+    assert first.get("train/skipped_empty") == 1.0 and all(torch.equal(a, b) for a, b in zip(before, trainer.params))
+    second = asyncio.run(trainer.step(batch, registry.at_round(objectives, 1)))
+    assert second["loss/sft"] > 0 and any(not torch.equal(a, b) for a, b in zip(before, trainer.params))

@@ -64,3 +64,26 @@ def test_a_mentor_learner_needs_feedback_candidates_to_compare():
     assert "env.feedback_candidates: the mentor learns by comparing" in _error(raw)
     ok = validate_config(raw | {"env": {"feedback_candidates": 2}})
     assert ok.learner_of("mentor") == "m" and ok.learner_of("student") is None  # the student is frozen here
+
+
+def test_a_weight_may_be_a_schedule_over_rounds():
+    from tutorloop import objectives as registry
+
+    cfg = validate_config({"agents": AGENTS, "trainer": {"objectives": {"sft": 1.0, "kd": {"schedule": [[0, 1.0], [10, 0.0]]}}}})
+    kd = cfg.trainer.objectives["kd"]
+    assert [kd.weight_at(r) for r in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]
+    assert registry.at_round(cfg.trainer.objectives, 5) == {"kd": 0.5}
+    assert "kd" in registry.active(cfg.trainer.objectives)  # it trains in some round: its lessons are made
+    held = registry.with_weights(cfg.trainer.objectives, {"kd": 0.25})["kd"]
+    assert held.weight == 0.25 and not held.schedule
+    assert registry.with_weights(cfg.trainer.objectives, None)["kd"].weight == 1.0  # its round-0 weight
+
+
+@pytest.mark.parametrize("kd, message", [
+    ({"weight": 1.0, "schedule": [[0, 1.0]]}, "give `weight` or `schedule`, not both"),
+    ({"schedule": [[3, 1.0], [1, 0.5]]}, "rounds must be >= 0 and increasing"),
+    ({"schedule": [[0, -1.0]]}, "weights must be finite and >= 0"),
+    ({"schedule": [[0, float("nan")]]}, "weights must be finite and >= 0"),
+])
+def test_a_bad_schedule_is_one_line_naming_it(kd, message):
+    assert message in _error({"agents": AGENTS, "trainer": {"objectives": {"sft": 1.0, "kd": kd}}})

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:  # config reads this registry, and `import tutorloop.config` must not load torch
     from torch import Tensor
@@ -28,6 +28,41 @@ class Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
     weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
     """Scale of this objective after its own unit normalization; 0 skips its forward pass."""
+    schedule: tuple[tuple[int, float], ...] = Field((), exclude_if=lambda points: not points)
+    """The weight as a schedule over rounds instead: (round, weight) points, linear between them and
+    held before the first and after the last, e.g. [[0, 1.0], [10, 0.1]] anneals 1 to 0.1 over ten
+    rounds. Empty: `weight` every round."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _points(cls, points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        rounds = [r for r, _ in points]
+        if any(r < 0 for r in rounds) or rounds != sorted(set(rounds)):
+            raise ValueError(f"rounds must be >= 0 and increasing (got {rounds})")
+        if any(not (w >= 0 and w != float("inf")) for _, w in points):  # also refuses nan
+            raise ValueError(f"weights must be finite and >= 0 (got {[w for _, w in points]})")
+        return points
+
+    @model_validator(mode="after")
+    def _weight_or_schedule(self) -> Params:
+        if self.schedule and "weight" in self.model_fields_set:
+            raise ValueError("give `weight` or `schedule`, not both")
+        return self
+
+    @property
+    def ever_positive(self) -> bool:
+        """Whether this objective trains in some round (its lessons are worth making)."""
+        return any(w > 0 for _, w in self.schedule) if self.schedule else self.weight > 0
+
+    def weight_at(self, round_index: int) -> float:
+        """This objective's weight in round `round_index`."""
+        if not self.schedule:
+            return self.weight
+        (r0, w0), (r1, w1) = self.schedule[0], self.schedule[-1]
+        if round_index <= r0 or round_index >= r1:
+            return w0 if round_index <= r0 else w1
+        (a, wa), (b, wb) = next((p, q) for p, q in zip(self.schedule, self.schedule[1:]) if p[0] <= round_index <= q[0])
+        return wa + (wb - wa) * (round_index - a) / (b - a)
 
     @property
     def uses_reference(self) -> bool:
@@ -156,13 +191,27 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Params]:
             field = ".".join(str(p) for p in err["loc"])
             got = f" (got {err['input']!r})" if not isinstance(err.get("input"), (dict, list)) else ""
             raise ValueError(f"{name}{'.' + field if field else ''}: {err['msg']}{got}") from None
-    if not any(p.weight > 0 for p in out.values()):
+    if not any(p.ever_positive for p in out.values()):
         raise ValueError("at least one objective needs a weight > 0")
     return out
 
 
 def active(objectives: Mapping[str, Params]) -> dict[str, Params]:
-    return {name: p for name, p in objectives.items() if p.weight > 0}
+    """The objectives that train in some round (a schedule counts where any of its weights is > 0)."""
+    return {name: p for name, p in objectives.items() if p.ever_positive}
+
+
+def at_round(objectives: Mapping[str, Params], round_index: int) -> dict[str, float]:
+    """Each scheduled objective's weight in round `round_index` ({} when none is scheduled)."""
+    return {name: p.weight_at(round_index) for name, p in objectives.items() if p.schedule}
+
+
+def with_weights(objectives: Mapping[str, Params], weights: Mapping[str, float] | None) -> dict[str, Params]:
+    """`objectives` with the given weights in place of their own and of their schedules; a scheduled
+    objective that `weights` leaves out takes its round-0 weight."""
+    weights = weights or {}
+    return {name: p.model_copy(update={"weight": weights.get(name, p.weight_at(0)), "schedule": ()})
+            if p.schedule or name in weights else p for name, p in objectives.items()}
 
 
 def needing(objectives: Mapping[str, Params], need: str) -> list[str]:

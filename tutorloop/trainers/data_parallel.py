@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tutorloop.types import Lesson
 
@@ -33,10 +33,10 @@ class DataParallelTrainer:
         await asyncio.gather(*(w.join(url, rank, loopback) for rank, w in enumerate(self.workers)))
         self.connected = True
 
-    async def step(self, batch: Sequence[Lesson]) -> dict[str, float]:
+    async def step(self, batch: Sequence[Lesson], weights: Mapping[str, float] | None = None) -> dict[str, float]:
         await self.connect()
         shards = shard(batch, len(self.workers))
-        results = await asyncio.gather(*(w.step(s) for w, s in zip(self.workers, shards)))
+        results = await asyncio.gather(*(w.step(s, weights) for w, s in zip(self.workers, shards)))
         return results[0] | {"train/world_size": float(len(self.workers))}
 
     async def weights(self, shared: bool = False) -> Any:

@@ -61,11 +61,12 @@ class OnlineTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, fused=True)
         self.version, self.world_size = 0, world_size
 
-    async def step(self, batch: Sequence[Lesson]) -> dict[str, float]:
-        """One optimizer step over everything in `batch`; returns metrics."""
+    async def step(self, batch: Sequence[Lesson], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+        """One optimizer step over everything in `batch`; returns metrics. `weights`: this round's
+        weights of the scheduled objectives (`objectives.at_round`)."""
         began = time.perf_counter()
         self.model.train()
-        metrics = self.accumulate(batch)
+        metrics = self.accumulate(batch, registry.with_weights(self.objectives, weights))
         if not any(v for k, v in metrics.items() if k.endswith("/units")):
             return metrics | {"train/skipped_empty": 1.0}
         if self.world_size > 1:
@@ -83,10 +84,12 @@ class OnlineTrainer:
                           "train/seconds": seconds, "train/tokens_per_s": tokens / max(seconds, 1e-9),
                           "policy_version": float(self.version)}
 
-    def accumulate(self, batch: Sequence[Lesson]) -> dict[str, float]:
-        """Forward and backward every objective with a positive weight; gradients stay in `.grad`.
-        Each objective is divided by its unit count over the whole step (all workers)."""
-        active = registry.active(self.objectives)
+    def accumulate(self, batch: Sequence[Lesson], objectives: Mapping[str, registry.Params] | None = None) -> dict[str, float]:
+        """Forward and backward every objective with a positive weight (`objectives`: these weights
+        instead of the trainer's own); gradients stay in `.grad`. Each objective is divided by its
+        unit count over the whole step (all workers)."""
+        active = {name: p for name, p in registry.active(self.objectives if objectives is None else objectives).items()
+                  if p.weight > 0}
         lessons = {name: [x for x in batch if x.objective == name] for name in active}
         encoded = {name: encode_lessons(lessons[name], self.max_seq_len,
                                         pairs=registry.REGISTRY[name].unit == "pairs") for name in active}

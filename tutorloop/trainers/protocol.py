@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from tutorloop.types import Lesson
 
 
 @runtime_checkable
 class Trainer(Protocol):
-    async def step(self, batch: Sequence[Lesson]) -> dict[str, float]:
-        """One optimizer step; returns metrics."""
+    async def step(self, batch: Sequence[Lesson], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+        """One optimizer step; returns metrics. `weights`: this round's weights of scheduled objectives."""
         ...
 
     async def weights(self, shared: bool = False) -> tuple[int, Any]:
