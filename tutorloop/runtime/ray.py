@@ -214,7 +214,10 @@ def _init_ray(cfg: RuntimeConfig) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
                               "namespace": "tutorloop"}
     if cfg.address is None:
-        kwargs["num_cpus"] = cfg.num_cpus
+        # Ray starts its workers at nice 15 (its `worker_niceness`), below its own raylet and GCS and
+        # below the driver: on a small machine every other process then runs first, and a busy one
+        # slowed the actors' rounds well past the local runtime's. The actors are the work here.
+        kwargs |= {"num_cpus": cfg.num_cpus, "_system_config": {"worker_niceness": 0}}
     elif cfg.address != "auto":
         _check_reachable(cfg.address)
     try:
