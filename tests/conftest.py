@@ -104,6 +104,18 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """The tiny tokenizer saved like a model directory (config.json, no weights): enough where only
+    text is encoded (an env's lessons from a shipped config), without a model's setup time."""
+    import json
+
+    path = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tiny_tokenizer().save_pretrained(path)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     """The student: 2 layers, hidden 32, random init (seed 0)."""
     return save_tiny_lm(tmp_path_factory.mktemp("tiny_student"), seed=0)

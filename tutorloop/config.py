@@ -16,7 +16,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tutorloop.agent_config import (EMBEDDED_DEFAULT, GENERATOR_KINDS, MODEL_GENERATORS, AgentConfig,
                                     GeneratorConfig, HFGeneratorConfig, OpenAIGeneratorConfig, Resources,
                                     SamplingConfig, ScriptedGeneratorConfig, Strict, VLLMGeneratorConfig)
-from tutorloop.env_config import ENV_NAMES, CorrectionEnvConfig, DialogueEnvConfig, EnvConfig, RolloutsEnvConfig
+from tutorloop.env_config import (ENV_NAMES, CorrectionEnvConfig, DialogueEnvConfig, DistillEnvConfig, EnvConfig,
+                                  RolloutsEnvConfig)
 from tutorloop.learner_config import LearnerConfig, LoraConfig, TrainerConfig
 from tutorloop.errors import UserError
 from tutorloop import objectives as objective_registry
@@ -340,6 +341,6 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 __all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "CorrectionEnvConfig", "LearnerConfig", "LoraConfig", "TrainerConfig",
-           "DialogueEnvConfig", "EnvConfig", "RolloutsEnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
+           "DialogueEnvConfig", "DistillEnvConfig", "EnvConfig", "RolloutsEnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
            "config_dict", "load_config", "validate_config"]

@@ -133,6 +133,49 @@ class RolloutsEnvConfig(Strict):
         return self.student
 
 
-ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig)
-EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig, Field(discriminator="name")]
+class DistillEnvConfig(Strict):
+    name: Literal["distill"] = "distill"
+    """A teacher's verified demonstrations (Fine-tune-CoT) and its scores of the student's samples or
+    of the reference solution behind a λ gate (GKD) (`envs/distill.py`)."""
+    student: str = "student"
+    """The agent that learns (and samples, on GKD's on-policy side)."""
+    teacher: str = "teacher"
+    """The agent that demonstrates and scores."""
+    samples: int = Field(4, ge=0, le=256)
+    """D: teacher solutions sampled per problem in one call; the verified ones are the student's SFT
+    targets. 0: no demonstrations (GKD alone). Fine-tune-CoT's D grid is unverified (METHODS §5)."""
+    temperature: float = Field(0.7, gt=0.0, le=5.0)
+    """T: the teacher's sampling temperature for its D demonstrations (diverse reasoning needs T > 0;
+    the paper's value is unverified, METHODS §5)."""
+    on_policy_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """λ (TRL's `lmbda`, default 0.5): the share of problems whose `kd` lesson is the student's own
+    sample scored by the teacher; the others' is the reference solution scored by the teacher. A
+    seeded coin per problem (`envs/distill.py`). Read only when the student has a `kd` objective."""
+    privileged: bool = True
+    """The teacher demonstrates and scores with the reference solution in its context: the embedded
+    teacher's only edge over a student of its own size. false: the student's bare prompt, as in
+    Fine-tune-CoT and GKD, for a teacher that is a stronger model."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student, "teacher": self.teacher}
+
+    trained_part: ClassVar[str] = "student"
+    """The part whose learner the `trainer` shorthand describes and whose accuracy is evaluated."""
+
+    @staticmethod
+    def learnable_parts() -> tuple[str, ...]:
+        return ("student",)
+
+    def learning_refused(self, part: str) -> str | None:
+        return None
+
+    @property
+    def trained(self) -> str:
+        return self.student
+
+
+ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig)
+EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig,
+                      Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

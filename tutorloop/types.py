@@ -128,8 +128,9 @@ class Lesson:
     """The trained span (a pair's chosen side): sampled ids where the model sampled them."""
     token_weights: tuple[float, ...] = ()
     """Per target token; () means 1 on each. 0 on tokens another agent or the env wrote."""
-    policy_version: int = 0
-    """The policy that sampled the target; on-policy objectives drop stale lessons."""
+    policy_version: int | None = 0
+    """The policy that sampled the target; on-policy objectives drop stale lessons. None: no policy
+    sampled it (a dataset target a teacher scored, GKD's off-policy half), so it never goes stale."""
     weight: float = 1.0
     """Scales this lesson in its objective's loss."""
     learner: str = "student"

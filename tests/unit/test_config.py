@@ -8,7 +8,7 @@ from tutorloop.config import load_config
 from tutorloop.objectives import REGISTRY, Params
 from tutorloop.errors import UserError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))  # configs/methods too
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

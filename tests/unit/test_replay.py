@@ -19,6 +19,16 @@ def test_stale_on_policy_lessons_are_dropped_and_offline_ones_kept():
     assert len(_of(batch, "sft")) == 1 and buffer.dropped_stale == 1
 
 
+def test_a_lesson_no_policy_sampled_never_goes_stale():
+    """GKD's dataset half: a reference solution the teacher scored is a `kd` lesson with no policy
+    version; dropping it as stale would leave only the on-policy half after round 0."""
+    buffer = LessonBuffer(capacity=8)
+    reference = Lesson("kd", (), (1,), teacher=TokenScores((0.0,)), policy_version=None)
+    buffer.add([reference, _kd(0)])
+    assert _of(buffer.take(version=5, max_staleness=0, max_per_kind=10), "kd") == [reference]
+    assert buffer.dropped_stale == 1
+
+
 def test_take_returns_newest_first_up_to_cap_and_keeps_the_rest():
     buffer = LessonBuffer(capacity=3)
     buffer.add([Lesson("sft", (), (i,)) for i in range(5)])

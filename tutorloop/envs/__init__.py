@@ -11,10 +11,12 @@ from typing import Any
 from tutorloop.config import RunConfig
 from tutorloop.envs.correction import CorrectionEnv
 from tutorloop.envs.dialogue import DialogueEnv
+from tutorloop.envs.distill import DistillEnv
 from tutorloop.envs.protocol import Env
 from tutorloop.envs.rollouts import RolloutsEnv
 
-ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv}
+ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv,
+                        "distill": DistillEnv}
 """`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
 
 
@@ -22,4 +24,4 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "Env", "RolloutsEnv", "build_env"]
+__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "RolloutsEnv", "build_env"]

@@ -1,6 +1,6 @@
 """The steps envs are made of, as small async functions of an agent handle and the problem: attempt,
-verify, demonstrate, review (or reviews, n candidates) and score for the correction env; speak and
-tag for dialogues.
+verify, demonstrate, review (or reviews, n candidates) and score for the correction env;
+demonstrations (n at a temperature) for the distill env; speak and tag for dialogues.
 
 A move builds the prompt (`prompts`), samples from the agent it is given and returns a Turn under
 the part that agent plays (`part`: "student", "teacher", ...; lessons and metrics read parts, never
@@ -83,6 +83,18 @@ async def demonstrate(agent: AgentHandle, problem: Problem, attempt_text: str, *
                 correct=False, provenance=agent.provenance)
 
 
+async def demonstrations(agent: AgentHandle, problem: Problem, n: int, *, temperature: float, privileged: bool,
+                         verifier: Verifier, part: str = "teacher") -> list[Turn]:
+    """n solutions of the problem sampled in one call at `temperature` (diverse reasoning,
+    Fine-tune-CoT), each with the verifier's verdict. `privileged`: the reference solution is in the
+    agent's context (`prompts.privileged`); else the student's bare prompt."""
+    bare = prompts.student_attempt(problem)
+    prompt = prompts.privileged(bare, problem) if privileged else bare
+    sampling = dataclasses.replace(agent.sampling, temperature=temperature, stop_regex=ANSWER_STOP)
+    outs = await agent.sample(prompt, n=n, sampling=sampling)
+    return [verify(_turn(part, out, prompt, "demonstration", agent), problem, verifier) for out in outs]
+
+
 async def review(agent: AgentHandle, problem: Problem, attempt_text: str, correction: Turn | None, *,
                  part: str = "mentor") -> Turn:
     """Feedback on the attempt from the correction's diagnosis, never its solution. A small model
@@ -119,10 +131,13 @@ def _leak_free(problem: Problem, text: str, provenance: str) -> tuple[str, str]:
     return text, provenance
 
 
-async def score(agent: AgentHandle, problem: Problem, turn: Turn, top_k: int) -> TokenScores:
+async def score(agent: AgentHandle, problem: Problem, turn: Turn, top_k: int, *,
+                privileged: bool = True) -> TokenScores:
     """The agent's log-probs (and top-k) of a turn's own tokens, with the reference solution added to
-    the turn's context (privileged self-distillation). Aligned to the token ids, never re-tokenized."""
-    return await agent.score(prompts.privileged(turn.prompt, problem), turn.token_ids, top_k)
+    the turn's context (privileged self-distillation; `privileged` false: the turn's context as it
+    was). Aligned to the token ids, never re-tokenized."""
+    context = prompts.privileged(turn.prompt, problem) if privileged else turn.prompt
+    return await agent.score(context, turn.token_ids, top_k)
 
 
 def redact_number(text: str, number: str) -> str:

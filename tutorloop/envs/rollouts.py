@@ -6,8 +6,10 @@ A GRPO group is G turns of one episode (ARCHITECTURE §7). The advantage of samp
 DeepSeekMath §4.1.2, outcome supervision), with the population std over the group. A group whose
 rewards are all equal carries no policy-gradient signal; `rollouts/zero_std_groups` counts them.
 
-Lessons: on-policy distillation from teacher-scored samples (objective `kd`). Policy-gradient lessons from
-the advantages wait for the trainer's `pg` objective; until then `group_advantages` gives them.
+Lessons: on-policy distillation from teacher-scored samples (objective `kd`), and pairs of a verified
+and a failed sample of the same problem (`redi`, `dpo`: REDI with the student's own negatives,
+configs/methods/redi.yaml). Policy-gradient lessons from the advantages wait for the trainer's `pg`
+objective; until then `group_advantages` gives them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems
 from tutorloop.envs.learning import learning_parts
-from tutorloop.envs.to_examples import to_lessons
+from tutorloop.envs.to_examples import PAIR_OBJECTIVES, group_pair_lessons, to_lessons
 from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, StopReason, Turn
@@ -68,13 +70,16 @@ class RolloutsEnv(SolvesBareProblems):
                        rewards={"reward_mean": mean, "reward_std": std, "solved_any": float(any(rewards))})
 
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
-        """OPD lessons from the teacher-scored samples; nothing else yet (the `pg` objective will take
-        `group_advantages`)."""
-        if not self.objectives & {"kd"}:
+        """OPD lessons from the teacher-scored samples, verified-over-failed pairs within each group;
+        nothing else yet (the `pg` objective will take `group_advantages`)."""
+        scored, pairs = self.objectives & {"kd"}, self.objectives & PAIR_OBJECTIVES
+        if not scored | pairs:
             return []
         assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
-        return [replace(x, learner=self.learner)
-                for x in to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives) & {"kd"})]
+        episodes = list(episodes)  # read once per kind of lesson
+        out = to_lessons(episodes, self.verifier, self.encode, objectives=set(scored)) if scored else []
+        out += group_pair_lessons(episodes, self.verifier, self.encode, objectives=set(pairs))
+        return [replace(x, learner=self.learner) for x in out]
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
         n = max(len(episodes), 1)

@@ -1,7 +1,8 @@
 """Episodes → `Lesson`s, one per objective that trains on them: the only place where what the agents
 said becomes training data, in the trained model's token ids. Pairs feed `dpo` and `redi`; the
 student's own samples with the teacher's scores feed `kd` (on-policy distillation) and `opd_pg`;
-the tutor's own samples with their dialogue's advantage feed `pg`.
+the tutor's own samples with their dialogue's advantage feed `pg`; a teacher's verified
+demonstrations feed `sft`, and reference solutions the teacher scored feed `kd` (distill env).
 
 The rule that matters: no text becomes an SFT target or a DPO "chosen" unless the verifier accepts
 its final answer, checked here again on the exact text that will be trained on. Text that shows
@@ -16,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from dataclasses import replace
 
-from tutorloop.envs.prompts import split_correction
+from tutorloop.envs.prompts import split_correction, student_attempt
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, Turn
 
@@ -48,6 +49,50 @@ def to_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncod
         if scored:
             lessons += [replace(scored_lesson(encode, t), objective=name) for name in sorted(scored)
                         for t in episode.turns if t.role == "student" and t.teacher_scores and t.token_ids]
+    return lessons
+
+
+def group_pair_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *,
+                       objectives: set[str]) -> list[Lesson]:
+    """Pairs within one problem's group of samples (REDI, METHODS B5, with the student's own failed
+    attempts as the negatives): the i-th verified sample is preferred over the i-th failed one,
+    each sample in at most one pair, so a group gives min(verified, failed) pairs per objective.
+    Both sides are the ids as sampled, under the prompt they were sampled for. A chosen sample is
+    verified again on its exact text; a sample whose text does not decode is on neither side."""
+    lessons: list[Lesson] = []
+    for episode in episodes:
+        sampled = [t for t in episode.turns if t.role == "student" and t.token_ids and not undecodable(t.text)]
+        chosen = [t for t in sampled if t.correct and verify(episode.problem, t.text).correct]
+        failed = [t for t in sampled if t.correct is False]
+        lessons += [Lesson(name, encode.prompt(good.prompt), good.token_ids, rejected_ids=bad.token_ids,
+                           policy_version=good.policy_version, provenance="verified>failed")
+                    for good, bad in zip(chosen, failed) for name in sorted(objectives & PAIR_OBJECTIVES)]
+    return lessons
+
+
+def demonstration_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder) -> list[Lesson]:
+    """SFT lessons from a teacher's demonstrations (Fine-tune-CoT, METHODS A1): every one the
+    verifier accepted, checked again on its exact text, encoded once in the student's ids ending
+    with EOS (the teacher's own ids are in its vocabulary), under the student's bare prompt."""
+    lessons: list[Lesson] = []
+    for episode in episodes:
+        prompt_ids = encode.prompt(student_attempt(episode.problem))
+        lessons += [Lesson("sft", prompt_ids, encode.text(t.text), provenance=f"teacher:{t.provenance}")
+                    for t in episode.turns if t.role == "teacher" and t.kind == "demonstration" and t.correct
+                    and not undecodable(t.text) and verify(episode.problem, t.text).correct]
+    return lessons
+
+
+def gkd_lessons(episodes: Iterable[Episode], encode: TokenEncoder) -> list[Lesson]:
+    """`kd` lessons of GKD's λ gate (METHODS C1): the student's own sample scored by the teacher
+    (on-policy), or the reference solution in the student's ids scored by the teacher (the dataset
+    side, policy_version None: no policy sampled it, so the buffer never finds it stale)."""
+    lessons = []
+    for turn in (t for e in episodes for t in e.turns if t.teacher_scores and t.token_ids):
+        if turn.role == "student":
+            lessons.append(replace(scored_lesson(encode, turn), provenance="student:on_policy"))
+        elif turn.role == "reference":
+            lessons.append(replace(scored_lesson(encode, turn), policy_version=None, provenance="reference"))
     return lessons
 
 

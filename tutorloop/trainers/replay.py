@@ -2,7 +2,7 @@
 the policy version that produced it. Offline lessons (SFT, pairs) wait until trained; the
 lessons of on-policy objectives (the registry's `on_policy`: kd, opd_pg, pg) are dropped once they
 are more than `max_staleness` versions old, because their tokens and behaviour log-probs describe
-a policy that no longer exists."""
+a policy that no longer exists. A lesson no policy sampled (policy_version None) never goes stale."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class LessonBuffer:
     def _drop_stale(self, min_version: int) -> None:
         for name, queue in self.queues.items():
             if REGISTRY[name].on_policy:
-                fresh = [x for x in queue if x.policy_version >= min_version]
+                fresh = [x for x in queue if x.policy_version is None or x.policy_version >= min_version]
                 self.dropped_stale += len(queue) - len(fresh)
                 self.queues[name] = deque(fresh, maxlen=queue.maxlen)
 
