@@ -174,8 +174,8 @@ def test_nonfinite_steps_are_skipped_counted_then_stop(tmp_path, capsys, monkeyp
 
     real, steps = OnlineTrainer.accumulate, []
 
-    def poisoned_after_the_first_step(self, batch):
-        metrics = real(self, batch)
+    def poisoned_after_the_first_step(self, batch, objectives=None):
+        metrics = real(self, batch, objectives)
         steps.append(1)
         if len(steps) > 1:
             next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
