@@ -14,7 +14,32 @@ from pydantic import Field
 from tutorloop.agent_config import Strict
 
 
-class CorrectionEnvConfig(Strict):
+class EnvConfigBase(Strict):
+    """What every env config answers besides its knobs: which agent plays each part, and which parts learn."""
+
+    trained_part: ClassVar[str] = "student"
+    """The part whose learner the `trainer` shorthand describes and whose accuracy is evaluated."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        raise NotImplementedError
+
+    @classmethod
+    def learnable_parts(cls) -> tuple[str, ...]:
+        """Parts this env makes lessons for."""
+        return (cls.trained_part,)
+
+    def learning_refused(self, part: str) -> str | None:
+        """Why `part` cannot learn with these knobs, if it cannot."""
+        return None
+
+    @property
+    def trained(self) -> str:
+        """The agent that plays the trained part."""
+        return self.parts()[self.trained_part]
+
+
+class CorrectionEnvConfig(EnvConfigBase):
     name: Literal["correction"] = "correction"
     """attempt → verify → teacher correction → mentor feedback → revision (`envs/correction.py`)."""
     student: str = "student"
@@ -39,12 +64,9 @@ class CorrectionEnvConfig(Strict):
         """Part in this env → the agent that plays it."""
         return {"student": self.student, "teacher": self.teacher, "mentor": self.mentor}
 
-    trained_part: ClassVar[str] = "student"
-    """The part whose learner the `trainer` shorthand describes and whose accuracy is evaluated."""
-
-    @staticmethod
-    def learnable_parts() -> tuple[str, ...]:
-        """Parts this env makes lessons for: the student's (today's), the mentor's from outcomes."""
+    @classmethod
+    def learnable_parts(cls) -> tuple[str, ...]:
+        """The student's lessons, and the mentor's from the outcomes of its feedback."""
         return ("student", "mentor")
 
     def learning_refused(self, part: str) -> str | None:
@@ -54,12 +76,8 @@ class CorrectionEnvConfig(Strict):
                     "set it to 2 or more")
         return None
 
-    @property
-    def trained(self) -> str:
-        return self.student
 
-
-class DialogueEnvConfig(Strict):
+class DialogueEnvConfig(EnvConfigBase):
     name: Literal["dialogue"] = "dialogue"
     """MathDial tutoring: a tutor and a simulated student talk, a tagger labels the tutor's moves
     (`envs/dialogue.py`)."""
@@ -87,21 +105,9 @@ class DialogueEnvConfig(Strict):
         return {"tutor": self.tutor, "sim_student": self.sim_student, "tagger": self.tagger}
 
     trained_part: ClassVar[str] = "tutor"
-    """The part whose learner the `trainer` shorthand describes."""
-
-    @staticmethod
-    def learnable_parts() -> tuple[str, ...]:
-        return ("tutor",)
-
-    def learning_refused(self, part: str) -> str | None:
-        return None
-
-    @property
-    def trained(self) -> str:
-        return self.tutor
 
 
-class RolloutsEnvConfig(Strict):
+class RolloutsEnvConfig(EnvConfigBase):
     name: Literal["rollouts"] = "rollouts"
     """G samples per problem, a verifier reward each, group-normalised advantages and optional
     teacher scores (`envs/rollouts.py`): the base of GRPO-style methods."""
@@ -118,22 +124,8 @@ class RolloutsEnvConfig(Strict):
         """Part in this env → the agent that plays it."""
         return {"student": self.student} | ({"teacher": self.teacher} if self.teacher else {})
 
-    trained_part: ClassVar[str] = "student"
-    """The part whose learner the `trainer` shorthand describes."""
 
-    @staticmethod
-    def learnable_parts() -> tuple[str, ...]:
-        return ("student",)
-
-    def learning_refused(self, part: str) -> str | None:
-        return None
-
-    @property
-    def trained(self) -> str:
-        return self.student
-
-
-class DistillEnvConfig(Strict):
+class DistillEnvConfig(EnvConfigBase):
     name: Literal["distill"] = "distill"
     """A teacher's verified demonstrations (Fine-tune-CoT) and its scores of the student's samples or
     of the reference solution behind a λ gate (GKD) (`envs/distill.py`)."""
@@ -159,20 +151,6 @@ class DistillEnvConfig(Strict):
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""
         return {"student": self.student, "teacher": self.teacher}
-
-    trained_part: ClassVar[str] = "student"
-    """The part whose learner the `trainer` shorthand describes and whose accuracy is evaluated."""
-
-    @staticmethod
-    def learnable_parts() -> tuple[str, ...]:
-        return ("student",)
-
-    def learning_refused(self, part: str) -> str | None:
-        return None
-
-    @property
-    def trained(self) -> str:
-        return self.student
 
 
 ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig)
