@@ -26,6 +26,33 @@ def test_sampled_logprobs_equal_teacher_forced_scores(tiny_lm_dir):
         assert all(a >= b for row in score.topk_logprobs for a, b in zip(row, row[1:]))
 
 
+def test_batched_scores_equal_each_sequence_scored_alone(tiny_lm_dir):
+    """One padded forward for rows of different context and target lengths (an empty target too)
+    gives each row what a plain teacher-forced pass over that sequence alone, unpadded, gives."""
+    from tutorloop.models import render_prompt_ids
+
+    gen, top_k = HFGenerator(str(tiny_lm_dir)), 7
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], ({"role": "user", "content": "9"},)]
+    targets = [(40, 41, 42, 43, 44, 45, 46, 47, 48), (50,), (), (60, 61, 62, 63)]
+    scores = asyncio.run(gen.score(prompts, targets, top_k=top_k))
+    for prompt, target, score in zip(prompts, targets, scores):
+        context = render_prompt_ids(gen.tokenizer, prompt)
+        with torch.no_grad():
+            logits = gen.model(input_ids=torch.tensor([context + list(target)])).logits[0]
+        logp_T_V = torch.log_softmax(logits[len(context) - 1:-1].float(), -1)  # position t predicts target[t]
+        assert len(score.logprobs) == len(score.topk_ids) == len(score.topk_logprobs) == len(target)
+        if not target:
+            continue
+        expected = logp_T_V.gather(-1, torch.tensor(target)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(score.logprobs), expected, atol=1e-5, rtol=1e-5)
+        # Values at the returned ids, and the k largest values: near-ties may swap ids, nothing else.
+        ids_T_K = torch.tensor(score.topk_ids)
+        assert ids_T_K.shape == (len(target), top_k)
+        top_logp_T_K = torch.tensor(score.topk_logprobs)
+        torch.testing.assert_close(top_logp_T_K, logp_T_V.gather(-1, ids_T_K), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(top_logp_T_K, logp_T_V.topk(top_k, -1).values, atol=1e-5, rtol=1e-5)
+
+
 def test_greedy_generation_is_the_same_alone_and_in_a_batch(tiny_lm_dir):
     gen = HFGenerator(str(tiny_lm_dir))
     greedy = SamplingParams(temperature=0.0, max_new_tokens=10)

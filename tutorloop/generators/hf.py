@@ -172,23 +172,40 @@ class HFGenerator:
 
         began = time.perf_counter()
         contexts, targets = zip(*requests)
-        with torch.no_grad():
+        with torch.inference_mode():  # as in generation: the scores leave as Python lists, no autograd use
             logits_B_T_V, labels_B_T, mask_B_T = forward_targets(self.model, contexts, targets,
                                                                  self.tokenizer.pad_token_id)
-            logp_B_T_V = torch.log_softmax(logits_B_T_V.float(), -1)
-            logp_B_T = logp_B_T_V.gather(-1, labels_B_T.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            top_k = min(top_k, logp_B_T_V.shape[-1])
-            top_logp_B_T_K, top_ids_B_T_K = logp_B_T_V.topk(top_k, dim=-1) if top_k else (None, None)
-        scores = []
-        for i, target in enumerate(targets):
-            span = slice(logp_B_T.shape[1] - len(target), logp_B_T.shape[1])
-            scores.append(TokenScores(
-                logprobs=tuple(logp_B_T[i, span].tolist()),
-                topk_ids=tuple(map(tuple, top_ids_B_T_K[i, span].tolist())) if top_k else (),
-                topk_logprobs=tuple(map(tuple, top_logp_B_T_K[i, span].tolist())) if top_k else ()))
-        self.counters["score_tokens"] += int(mask_B_T.sum())
+            scores = token_scores(logits_B_T_V, labels_B_T, mask_B_T, top_k)
+        self.counters["score_tokens"] += sum(map(len, targets))  # = mask_B_T.sum(), without a device sync
         self.counters["score_seconds"] += time.perf_counter() - began
         return scores
+
+
+def token_scores(logits_B_T_V: Any, labels_B_T: Any, mask_B_T: Any, top_k: int) -> list[TokenScores]:
+    """Each row's `TokenScores` from `forward_targets`' right-aligned logits, labels and mask.
+
+    log_softmax and topk run once, over the N real target positions only (a short row's padding
+    is dropped first), and each result leaves the device with one `.tolist()`: on a GPU every
+    `.tolist()` is a sync and a copy, and per-row conversions cost 3 a row. Rows are then slices
+    of those flat lists, in order, since boolean indexing keeps row-major order.
+    """
+    import torch
+
+    logp_N_V = torch.log_softmax(logits_B_T_V[mask_B_T].float(), -1)
+    logps = logp_N_V.gather(-1, labels_B_T[mask_B_T].unsqueeze(-1)).squeeze(-1).tolist()
+    top_k = min(top_k, logp_N_V.shape[-1])
+    ids: list[tuple[int, ...]] = []
+    top_logps: list[tuple[float, ...]] = []
+    if top_k:
+        top_logp_N_K, top_ids_N_K = logp_N_V.topk(top_k, dim=-1)
+        ids, top_logps = list(map(tuple, top_ids_N_K.tolist())), list(map(tuple, top_logp_N_K.tolist()))
+    scores, start = [], 0
+    for length in mask_B_T.sum(-1).tolist():
+        span = slice(start, start + length)
+        scores.append(TokenScores(logprobs=tuple(logps[span]), topk_ids=tuple(ids[span]),
+                                  topk_logprobs=tuple(top_logps[span])))
+        start += length
+    return scores
 
 
 TOP_K = 50
