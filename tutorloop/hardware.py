@@ -4,8 +4,9 @@ torch threads each process that computes gets.
 bf16 halves the bytes every matmul reads, and on CPUs with AVX512-BF16 or AMX it runs several times
 faster than fp32 (MACHINE-NOTES: 3 to 8x on the 2-core box). On a CPU without bf16 instructions it is
 emulated and slower than fp32, and virtual machines do not always pass the instructions through. So
-on CPU `auto` is decided by measurement: a ~0.1 s probe that times one model-shaped matmul in each
-dtype, run once per process. On CUDA the answer is the hardware's bf16 support.
+on CPU `auto` is bf16 where the CPU lists bf16 instructions, and elsewhere (bf16 kernels without
+them) decided by measurement: a ~0.1 s probe that times one model-shaped matmul in each dtype, run
+once per process. On CUDA the answer is the hardware's bf16 support.
 
 The choice is made in the process that loads the model (a Ray actor may sit on another machine than
 the driver that read the config), so config validation never probes.
@@ -48,7 +49,17 @@ def auto_dtype(device_type: str = "cpu") -> str:
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     if not cpu_has_bf16():
         return "float32"
+    if native_bf16():  # no probe: under load it flipped one run here to fp32, and its evals with it
+        return "bfloat16"
     return "bfloat16" if bf16_speedup() >= BF16_MIN_SPEEDUP else "float32"
+
+
+def native_bf16() -> bool:
+    """Whether the CPU lists bf16 instructions (AVX512-BF16 or AMX-BF16), where bf16 matmuls run 2x
+    fp32 or better. Then every process and every run agrees without timing anything; the probe is
+    for the rest (bf16 emulated on AVX-512, or flags a VM does not show)."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_has_bf16() -> bool:

@@ -10,9 +10,11 @@ from tutorloop.config import AgentConfig, TrainerConfig
 
 @pytest.fixture(autouse=True)
 def fresh_choice(monkeypatch):
-    """Every test decides anew, on a CPU that has bf16 unless it says otherwise."""
+    """Every test decides anew, on a CPU that has bf16 kernels but lists no bf16 instructions (so the
+    probe decides) unless it says otherwise."""
     hardware.auto_dtype.cache_clear()
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     yield
     hardware.auto_dtype.cache_clear()
 
@@ -42,6 +44,22 @@ def test_cpu_without_bf16_kernels_stays_fp32_without_a_probe(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     assert hardware.resolve_dtype("auto") == "float32"
     assert not calls
+
+
+def test_bf16_instructions_decide_without_a_probe(monkeypatch):
+    calls = probe_returning(monkeypatch, 1.0)  # a busy machine's probe would have said fp32
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
+    assert hardware.resolve_dtype("auto") == "bfloat16" and not calls
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"flags": "fpu avx2 avx512f avx512_bf16"})
+    assert hardware.native_bf16()
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"flags": "fpu avx2 avx512f"})
+    assert not hardware.native_bf16()
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {})  # no /proc/cpuinfo (macOS): the probe decides
+    assert not hardware.native_bf16()
 
 
 def test_the_probe_runs_once_per_process(monkeypatch):

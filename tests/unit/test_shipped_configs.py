@@ -30,6 +30,7 @@ def cpu(monkeypatch):
         hardware.auto_dtype.cache_clear()
         monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has_bf16)
         monkeypatch.setattr(hardware, "bf16_speedup", lambda: speedup)
+        monkeypatch.setattr(hardware, "native_bf16", lambda: False)  # the probe decides
     yield pretend
     hardware.auto_dtype.cache_clear()
 
