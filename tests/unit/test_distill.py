@@ -1,7 +1,8 @@
-"""The distill env as configs/methods/fine_tune_cot.yaml and configs/methods/gkd.yaml build it, with
-generators that reply with token ids of their own: Fine-tune-CoT's D teacher samples at T, filtered
-by the verifier into the student's SFT targets; GKD's λ gate between the student's scored sample
-and the scored reference solution. The tiny model is only a tokenizer here."""
+"""The distill env as configs/methods/fine_tune_cot.yaml, gkd.yaml and distill_step_by_step.yaml
+build it, with generators that reply with token ids of their own: Fine-tune-CoT's D teacher samples
+at T, filtered by the verifier into the student's SFT targets; GKD's λ gate between the student's
+scored sample and the scored reference solution; step-by-step's label and rationale lessons and its
+label-only evaluation. The tiny model is only a tokenizer here."""
 
 import asyncio
 

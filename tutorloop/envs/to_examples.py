@@ -122,7 +122,9 @@ def tailored_lessons(episodes: Iterable[Episode], verify: Verifier, encode: Toke
         prompt_ids = encode.prompt(attempt.prompt)
         for turn in episode.turns[1:]:
             text = split_correction(turn.text)[1]
-            if turn.role != "teacher" or not turn.correct or undecodable(text) or not verify(episode.problem, text).correct:
+            if turn.role != "teacher" or not turn.correct or undecodable(text):
+                continue
+            if not verify(episode.problem, text).correct:  # re-checked on the exact text trained on
                 continue
             rationale, source = encode.text(text), f"teacher:{turn.provenance}"
             if "sft" in objectives:
@@ -138,8 +140,8 @@ def prefixed_sft(prompt_ids: tuple[int, ...], target: tuple[int, ...], prefix_we
     if not prefix_weight or len(prompt_ids) < 2:
         return Lesson("sft", prompt_ids, target, provenance=source)
     head = prompt_ids[1:]
-    return Lesson("sft", prompt_ids[:1], head + target, token_weights=(prefix_weight,) * len(head) + (1.0,) * len(target),
-                  provenance=source)
+    weights = (prefix_weight,) * len(head) + (1.0,) * len(target)
+    return Lesson("sft", prompt_ids[:1], head + target, token_weights=weights, provenance=source)
 
 
 def gkd_lessons(episodes: Iterable[Episode], encode: TokenEncoder) -> list[Lesson]:
