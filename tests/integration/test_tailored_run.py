@@ -51,7 +51,8 @@ def test_a_tiny_step_by_step_run_trains_both_tasks_and_evaluates(tmp_path, tiny_
 def test_a_tiny_tailored_run_trains_on_prefix_weighted_rationales(tmp_path, tiny_lm_dir, tiny_answering_lm_dir):
     """The exam, the teacher's rationales for the wrong items and the prefix-weighted SFT step run
     through the loop. Catches: token weights the trainer cannot lay out (length mismatch)."""
-    rows, _ = _run("tailored_learning", tmp_path, tiny_lm_dir, tiny_answering_lm_dir, ("eval={before: false, after: false}",))
+    rows, _ = _run("tailored_learning", tmp_path, tiny_lm_dir, tiny_answering_lm_dir,
+                   ("eval={before: false, after: false}",))
     assert all(r["tailored/wrong_items"] >= 0 for r in rows)
     assert any(r.get("lessons/sft", 0) > 0 for r in rows)
     assert all(r["loss/sft"] == r["loss/sft"] for r in rows if "loss/sft" in r)
