@@ -147,13 +147,40 @@ class DistillEnvConfig(EnvConfigBase):
     """The teacher demonstrates and scores with the reference solution in its context: the embedded
     teacher's only edge over a student of its own size. false: the student's bare prompt, as in
     Fine-tune-CoT and GKD, for a teacher that is a stronger model."""
+    step_by_step: bool = False
+    """Distilling step-by-step (METHODS A2): each verified demonstration becomes two SFT lessons, the
+    answer line under "[label] <problem>" and the rationale under "[rationale] <problem>", and the
+    student is evaluated on the label prompt only. false: one lesson per demonstration (Fine-tune-CoT)."""
+    label_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """α: the label lessons' weight; the rationale lessons get 1 − α (the paper's code recommends 0.5).
+    Read only with `step_by_step`."""
 
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""
         return {"student": self.student, "teacher": self.teacher}
 
 
-ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig)
-EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig,
-                      Field(discriminator="name")]
+class TailoredEnvConfig(EnvConfigBase):
+    name: Literal["tailored"] = "tailored"
+    """Tailored learning (METHODS B1): the student sits an exam; only its wrong items get a teacher
+    rationale written for that mistake, which the student then learns (`envs/tailored.py`)."""
+    student: str = "student"
+    """The agent that sits the exam: the one the trainer updates."""
+    teacher: str = "teacher"
+    """The agent that sees the student's wrong attempt and the gold answer and writes a correct rationale."""
+    num_candidates: int = Field(1, ge=1, le=64)
+    """Rationales the teacher samples per wrong item in one call; the verified ones are all kept
+    (the paper keeps several correct rationales per question)."""
+    prefix_weight: float = Field(0.1, ge=0.0, le=1.0)
+    """Loss weight of the prompt tokens the rationale is trained after (Learn-to-Reason's `mle_w` =
+    0.1, METHODS F1/B1): the prompt is part of the SFT target at this weight; 0: prompt untrained."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student, "teacher": self.teacher}
+
+
+ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig)
+EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig
+                      | TailoredEnvConfig, Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

@@ -1,7 +1,8 @@
-"""The distill env as configs/methods/fine_tune_cot.yaml and configs/methods/gkd.yaml build it, with
-generators that reply with token ids of their own: Fine-tune-CoT's D teacher samples at T, filtered
-by the verifier into the student's SFT targets; GKD's λ gate between the student's scored sample
-and the scored reference solution. The tiny model is only a tokenizer here."""
+"""The distill env as configs/methods/fine_tune_cot.yaml, gkd.yaml and distill_step_by_step.yaml
+build it, with generators that reply with token ids of their own: Fine-tune-CoT's D teacher samples
+at T, filtered by the verifier into the student's SFT targets; GKD's λ gate between the student's
+scored sample and the scored reference solution; step-by-step's label and rationale lessons and its
+label-only evaluation. The tiny model is only a tokenizer here."""
 
 import asyncio
 
@@ -11,7 +12,7 @@ from method_helpers import TokenGenerator, ids, method_config
 from tutorloop.agents import Agent
 from tutorloop.envs import build_env
 from tutorloop.envs.distill import DistillEnv, on_policy
-from tutorloop.envs.prompts import student_attempt
+from tutorloop.envs.prompts import student_attempt, task_prefixed
 from tutorloop.errors import UserError
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Problem, SamplingParams
@@ -116,3 +117,48 @@ def test_a_distill_env_that_would_make_no_lessons_is_refused(tiny_tokenizer_dir)
         build_env(method_config("gkd", tiny_tokenizer_dir, ("trainer.objectives={sft: 1.0}",)))
     with pytest.raises(UserError, match="trainer.objectives.kd: env 'distill' has no teacher|env.teacher"):
         method_config("gkd", tiny_tokenizer_dir, ("env.teacher=nobody",))
+
+
+# --- Distilling step-by-step (configs/methods/distill_step_by_step.yaml) -------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3])
+def test_step_by_step_makes_a_label_and_a_rationale_lesson_weighted_alpha_and_one_minus_alpha(
+        tiny_tokenizer_dir, tiny_tokenizer, alpha):
+    """Distilling step-by-step's defining step (METHODS A2): each verified teacher rationale becomes
+    two SFT lessons, "[label] <problem>" → the answer line at weight α and "[rationale] <problem>" →
+    the rationale at weight 1 − α; a wrong rationale gives neither. Catches: `step_by_step` ignored
+    (one Fine-tune-CoT lesson under the bare prompt), the two prefixes swapped or missing, the
+    label target being the rationale (or not the verified answer line), α not reaching the lesson
+    weights (the 0.3 case), the verifier filter removed, a shipped α other than 0.5."""
+    cfg = method_config("distill_step_by_step", tiny_tokenizer_dir, (f"env.label_weight={alpha}",))
+    assert cfg.env.step_by_step and cfg.env.samples == 2
+    assert method_config("distill_step_by_step", tiny_tokenizer_dir).env.label_weight == 0.5
+    env = build_env(cfg)
+    teacher = TokenGenerator([RIGHT, WRONG])
+    episode = asyncio.run(env.run(PROBLEM, _agents(TokenGenerator(["unused"]), teacher)))
+    assert teacher.calls == [(2, 0.7)]
+    encode = TokenEncoder(tiny_tokenizer)
+    label, rationale = env.lessons([episode])
+    assert (label.objective, label.learner, rationale.objective, rationale.learner) == ("sft", "student") * 2
+    assert label.prompt_ids == encode.prompt(task_prefixed(PROBLEM, "label"))
+    assert rationale.prompt_ids == encode.prompt(task_prefixed(PROBLEM, "rationale"))
+    assert task_prefixed(PROBLEM, "label")[1]["content"] == f"[label] {PROBLEM.prompt}"
+    assert label.target_ids == encode.text("The answer is 29.") and rationale.target_ids == encode.text(RIGHT)
+    assert (label.weight, rationale.weight) == pytest.approx((alpha, 1 - alpha))
+
+
+def test_step_by_step_evaluates_the_label_task_only(tiny_tokenizer_dir):
+    """At test time only the label task runs (METHODS A2): the env's evaluation asks the student on
+    the "[label] <problem>" prompt and grades that reply. Catches: the bare or rationale prompt used
+    at evaluation (the inherited `SolvesBareProblems.evaluate`)."""
+    env = build_env(method_config("distill_step_by_step", tiny_tokenizer_dir))
+    student = TokenGenerator(["The answer is 29."])
+    metrics, line = asyncio.run(env.evaluate(_agents(student, TokenGenerator([])), [PROBLEM], "after",
+                                             max_new_tokens=8))
+    assert metrics == {"eval/accuracy_after": 1.0}
+    assert student.prompts == [task_prefixed(PROBLEM, "label")]
+    fine_tune_cot = build_env(method_config("fine_tune_cot", tiny_tokenizer_dir))
+    student = TokenGenerator(["The answer is 29."])
+    asyncio.run(fine_tune_cot.evaluate(_agents(student, TokenGenerator([])), [PROBLEM], None, max_new_tokens=8))
+    assert student.prompts == [student_attempt(PROBLEM)]  # without step_by_step: the bare prompt

@@ -1,6 +1,7 @@
 """The seed methods as configurations (configs/methods/, issue 14): each shipped config, built as the
 loop builds it (the tiny tokenizer standing in for the model), does what defines its method. The
-distill env's two methods (Fine-tune-CoT, GKD) are in test_distill.py."""
+distill env's three methods (Fine-tune-CoT, GKD, Distilling step-by-step) are in test_distill.py,
+Tailored learning in test_tailored.py."""
 
 import asyncio
 
@@ -20,7 +21,8 @@ PARAMS = SamplingParams()
 
 
 def test_every_method_has_a_config():
-    assert {p.stem for p in METHODS.glob("*.yaml")} >= {"redi", "fine_tune_cot", "gkd", "tutor_rl", "co_training"}
+    assert {p.stem for p in METHODS.glob("*.yaml")} >= {"redi", "fine_tune_cot", "gkd", "tutor_rl", "co_training",
+                                                     "distill_step_by_step", "tailored_learning"}
 
 
 # --- REDI ----------------------------------------------------------------------------------------

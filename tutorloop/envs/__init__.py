@@ -14,9 +14,10 @@ from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.distill import DistillEnv
 from tutorloop.envs.protocol import Env
 from tutorloop.envs.rollouts import RolloutsEnv
+from tutorloop.envs.tailored import TailoredEnv
 
 ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv,
-                        "distill": DistillEnv}
+                        "distill": DistillEnv, "tailored": TailoredEnv}
 """`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
 
 
@@ -24,4 +25,4 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "RolloutsEnv", "build_env"]
+__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "RolloutsEnv", "TailoredEnv", "build_env"]

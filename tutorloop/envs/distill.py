@@ -16,6 +16,12 @@ The gate is a coin per problem: on-policy iff u < λ, u uniform in [0, 1) from a
 and a resumed run gates alike; over N problems the on-policy share is Binomial(N, λ) / N, and
 raising λ only moves problems to the on-policy side. TRL flips one coin per batch instead; envs are
 not told the round, so a problem keeps its side for the whole run.
+
+Distilling step-by-step (Hsieh et al., ACL Findings 2023; METHODS A2), `step_by_step`: the same
+verified demonstrations become two tasks told apart by a prefix, "[label] <problem>" → the answer
+line (weight α = `label_weight`) and "[rationale] <problem>" → the rationale (weight 1 − α)
+(`to_examples.step_by_step_lessons`); the student is evaluated on the label prompt only, so the
+rationales cost nothing at test time.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import DistillEnvConfig, RunConfig
 from tutorloop.envs import moves, prompts
 from tutorloop.envs.correction import reply_counts
-from tutorloop.envs.evaluation import SolvesBareProblems
+from tutorloop.envs.evaluation import SolvesBareProblems, accuracy_report
 from tutorloop.envs.learning import learning_parts
-from tutorloop.envs.to_examples import demonstration_lessons, gkd_lessons
+from tutorloop.envs.to_examples import demonstration_lessons, gkd_lessons, step_by_step_lessons
 from tutorloop.errors import UserError
 from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
@@ -54,15 +60,18 @@ class DistillEnv(SolvesBareProblems):
     def __init__(self, parts: Mapping[str, str] | None = None, *, samples: int, temperature: float = 0.7,
                  on_policy_fraction: float = 0.5, privileged: bool = True, score_top_k: int = 0,
                  objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
-                 encode: TokenEncoder | None = None, learner: str = "student", seed: int = 0) -> None:
+                 encode: TokenEncoder | None = None, learner: str = "student", seed: int = 0,
+                 step_by_step: bool = False, label_weight: float = 0.5) -> None:
         """parts: student, teacher → agent names. samples, temperature: D and T of the demonstrations.
         score_top_k > 0: the gated sequence is scored with that many top-k log-probs (kd lessons);
-        0: none is. encode: the student's tokenizer (targets, and the reference's ids for scoring)."""
+        0: none is. encode: the student's tokenizer (targets, and the reference's ids for scoring).
+        step_by_step: label and rationale lessons (α = label_weight), evaluated on the label prompt."""
         self.parts = dict(parts or {"student": "student", "teacher": "teacher"})
         self.samples, self.temperature, self.on_policy_fraction = samples, temperature, on_policy_fraction
         self.privileged, self.score_top_k, self.objectives = privileged, score_top_k, objectives
         self.verifier = verifier
         self.encode, self.learner, self.seed = encode, learner, seed
+        self.step_by_step, self.label_weight = step_by_step, label_weight
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DistillEnv:
@@ -77,7 +86,7 @@ class DistillEnv(SolvesBareProblems):
                    score_top_k=student.top_k if student and "kd" in student.objectives else 0,
                    objectives=student.objectives if student else frozenset(),
                    encode=student.encode if student else None, learner=student.learner if student else "student",
-                   seed=cfg.seed)
+                   seed=cfg.seed, step_by_step=env.step_by_step, label_weight=env.label_weight)
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         teacher = agents[self.parts["teacher"]]
@@ -98,9 +107,24 @@ class DistillEnv(SolvesBareProblems):
             return []
         assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
         episodes = list(episodes)
-        out = demonstration_lessons(episodes, self.verifier, self.encode) if "sft" in self.objectives else []
+        out = self._demonstration_lessons(episodes) if "sft" in self.objectives else []
         out += gkd_lessons(episodes, self.encode) if "kd" in self.objectives else []
         return [replace(x, learner=self.learner) for x in out]
+
+    def _demonstration_lessons(self, episodes: list[Episode]) -> list[Lesson]:
+        assert self.encode is not None
+        if self.step_by_step:
+            return step_by_step_lessons(episodes, self.verifier, self.encode, label_weight=self.label_weight)
+        return demonstration_lessons(episodes, self.verifier, self.encode)
+
+    async def evaluate(self, agents: Mapping[str, AgentHandle], problems: Sequence[Problem], label: str | None, *,
+                       max_new_tokens: int) -> tuple[dict[str, float], str]:
+        """Greedy accuracy of the student; with `step_by_step` on the "[label] <problem>" prompt, the
+        only task that runs at test time."""
+        if self.step_by_step:
+            problems = [replace(p, prompt=prompts.task_prefixed(p, "label")[1]["content"]) for p in problems]
+        return await accuracy_report(agents[self.parts["student"]].generator, problems, label,
+                                     max_new_tokens=max_new_tokens)
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
         n, total = max(len(episodes), 1), {key: sum(e.rewards.get(key, 0.0) for e in episodes) for key in KEYS}

@@ -95,6 +95,22 @@ async def demonstrations(agent: AgentHandle, problem: Problem, n: int, *, temper
     return [verify(_turn(part, out, prompt, "demonstration", agent), problem, verifier) for out in outs]
 
 
+async def tailored_rationales(agent: AgentHandle, problem: Problem, attempt_text: str, n: int, *,
+                              verifier: Verifier, part: str = "teacher") -> list[Turn]:
+    """n corrections of the student's wrong attempt sampled in one call (Tailored learning's teacher
+    feedback: the prompt holds the attempt and the reference solution), each with the verifier's
+    verdict on its solution part. Unlike `demonstrate` no reference stands in: only what the teacher
+    wrote for this mistake can become a lesson."""
+    prompt = prompts.teacher_correction(problem, attempt_text)
+    outs = await agent.sample(prompt, n=n, sampling=stopping(agent, ANSWER_STOP))
+    turns = []
+    for out in outs:
+        verdict = verifier(problem, prompts.split_correction(out.text)[1])
+        turns.append(dataclasses.replace(_turn(part, out, prompt, "correction", agent), correct=verdict.correct,
+                                         answer=verdict.answer))
+    return turns
+
+
 async def review(agent: AgentHandle, problem: Problem, attempt_text: str, correction: Turn | None, *,
                  part: str = "mentor") -> Turn:
     """Feedback on the attempt from the correction's diagnosis, never its solution. A small model

@@ -44,6 +44,19 @@ def student_attempt(problem: Problem) -> Messages:
     return ({"role": "system", "content": system}, {"role": "user", "content": problem.prompt})
 
 
+def task_prefixed(problem: Problem, task: str) -> Messages:
+    """The student's prompt with a task prefix on the problem ("[label] ...", "[rationale] ..."):
+    Distilling step-by-step's multi-task input (METHODS A2). The system message stays the bare
+    prompt's, so the prefix alone tells the two tasks apart, as in the paper."""
+    system, user = student_attempt(problem)
+    return (system, {"role": "user", "content": f"[{task}] {user['content']}"})
+
+
+def answer_line(problem: Problem, answer: str) -> str:
+    """The final-answer line in the form the grader reads: the label task's whole target."""
+    return f"\\boxed{{{answer}}}" if problem.answer_format == "latex" else f"The answer is {answer}."
+
+
 def student_revision(problem: Problem, attempt: str, feedback: str) -> Messages:
     return student_attempt(problem) + (
         {"role": "assistant", "content": attempt},

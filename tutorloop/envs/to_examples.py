@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from dataclasses import replace
 
-from tutorloop.envs.prompts import split_correction, student_attempt
+from tutorloop.envs.prompts import answer_line, split_correction, student_attempt, task_prefixed
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, Turn
 
@@ -78,9 +78,70 @@ def demonstration_lessons(episodes: Iterable[Episode], verify: Verifier, encode:
     for episode in episodes:
         prompt_ids = encode.prompt(student_attempt(episode.problem))
         lessons += [Lesson("sft", prompt_ids, encode.text(t.text), provenance=f"teacher:{t.provenance}")
-                    for t in episode.turns if t.role == "teacher" and t.kind == "demonstration" and t.correct
-                    and not undecodable(t.text) and verify(episode.problem, t.text).correct]
+                    for t in verified_demonstrations(episode, verify)]
     return lessons
+
+
+def step_by_step_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *,
+                         label_weight: float) -> list[Lesson]:
+    """Distilling step-by-step's two tasks (METHODS A2) from each demonstration the verifier accepts:
+    "[label] <problem>" → its answer line at weight α, "[rationale] <problem>" → the whole rationale
+    at weight 1 − α. The label is the verified answer, so the teacher's label is the gold one."""
+    lessons: list[Lesson] = []
+    for episode in episodes:
+        problem = episode.problem
+        for turn in verified_demonstrations(episode, verify):
+            label = answer_line(problem, verify(problem, turn.text).answer or "")
+            source = f"teacher:{turn.provenance}"
+            lessons += [Lesson("sft", encode.prompt(task_prefixed(problem, "label")), encode.text(label),
+                               weight=label_weight, provenance=f"{source}:label"),
+                        Lesson("sft", encode.prompt(task_prefixed(problem, "rationale")), encode.text(turn.text),
+                               weight=1.0 - label_weight, provenance=f"{source}:rationale")]
+    return lessons
+
+
+def verified_demonstrations(episode: Episode, verify: Verifier) -> list[Turn]:
+    """The teacher's demonstrations the verifier accepted, re-checked on their exact, decodable text."""
+    return [t for t in episode.turns if t.role == "teacher" and t.kind == "demonstration" and t.correct
+            and not undecodable(t.text) and verify(episode.problem, t.text).correct]
+
+
+def tailored_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *, prefix_weight: float,
+                     objectives: set[str]) -> list[Lesson]:
+    """Tailored learning's lessons (METHODS B1) from each exam item the student got wrong: every
+    teacher rationale for that mistake whose solution the verifier accepts, under the student's bare
+    prompt. SFT trains the prompt too at `prefix_weight` (Learn-to-Reason's mle_w: CE on all
+    tokens, the prefix's scaled): the prompt becomes the target's head, its first token the context
+    (nothing precedes it to predict it from). Pair objectives prefer the rationale over the wrong
+    attempt as sampled (METHODS B1's DPO variant)."""
+    lessons: list[Lesson] = []
+    for episode in episodes:
+        attempt = episode.turns[0]
+        if attempt.correct is not False:
+            continue
+        prompt_ids = encode.prompt(attempt.prompt)
+        for turn in episode.turns[1:]:
+            text = split_correction(turn.text)[1]
+            if turn.role != "teacher" or not turn.correct or undecodable(text):
+                continue
+            if not verify(episode.problem, text).correct:  # re-checked on the exact text trained on
+                continue
+            rationale, source = encode.text(text), f"teacher:{turn.provenance}"
+            if "sft" in objectives:
+                lessons.append(prefixed_sft(prompt_ids, rationale, prefix_weight, source))
+            if attempt.token_ids and not undecodable(attempt.text):
+                lessons += [Lesson(name, prompt_ids, rationale, rejected_ids=attempt.token_ids,
+                                   provenance=f"{source}>attempt") for name in sorted(objectives & PAIR_OBJECTIVES)]
+    return lessons
+
+
+def prefixed_sft(prompt_ids: tuple[int, ...], target: tuple[int, ...], prefix_weight: float, source: str) -> Lesson:
+    """SFT on prompt and target, the prompt's tokens at `prefix_weight` (0: the prompt stays context)."""
+    if not prefix_weight or len(prompt_ids) < 2:
+        return Lesson("sft", prompt_ids, target, provenance=source)
+    head = prompt_ids[1:]
+    weights = (prefix_weight,) * len(head) + (1.0,) * len(target)
+    return Lesson("sft", prompt_ids[:1], head + target, token_weights=weights, provenance=source)
 
 
 def gkd_lessons(episodes: Iterable[Episode], encode: TokenEncoder) -> list[Lesson]:
