@@ -50,7 +50,7 @@ COLUMNS = (("round", "round", "{:.0f}"), ("first try", "first_error/first_try_ac
 LOCATE_SYSTEM = "You are a math teacher. Reference solution:\n{solution}"
 LOCATE_ASK = ("Problem: {problem}\n\nStudent's attempt, step by step:\n{steps}\n\n"
               "Find the FIRST wrong step. Reply with one line: 'Step k: ' followed by the corrected step k.")
-_STEP = re.compile(r"^\W*step\s*(\d+)\s*[>\]:.)\-]*\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+_STEP = re.compile(r"^[^\w\n]*step[ \t]*(\d+)[ \t>\]:.)*\-]*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 """`Step 2: ...`, `**Step 2** - ...`, `<Step2> ...`: a step number at the start of a line, then the step."""
 
 
