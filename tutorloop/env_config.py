@@ -13,6 +13,9 @@ from pydantic import Field
 
 from tutorloop.agent_config import Strict
 
+KLMask = Literal["none", "correct", "solved_group"]
+"""Which samples KDRL's reward mask keeps out of `kl_teacher` (METHODS C2; the paper's exact rule is unverified)."""
+
 
 class EnvConfigBase(Strict):
     """What every env config answers besides its knobs: which agent plays each part, and which parts learn."""
@@ -119,6 +122,10 @@ class RolloutsEnvConfig(EnvConfigBase):
     """G: samples per problem, drawn in one call; the advantages are normalised within the group."""
     top_k: int = Field(20, ge=1, le=1024)
     """Teacher log-probs kept per position when a teacher scores."""
+    kl_teacher_mask: KLMask = "none"
+    """KDRL's reward-guided KD mask: `correct` makes no `kl_teacher` lesson of a correct sample (the
+    reported rule, response level), `solved_group` none of any sample of a group with a correct one
+    (the group-level reading), `none` one of every scored sample. Read only with `kl_teacher`."""
 
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""
@@ -180,7 +187,24 @@ class TailoredEnvConfig(EnvConfigBase):
         return {"student": self.student, "teacher": self.teacher}
 
 
-ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig)
+class FirstErrorEnvConfig(EnvConfigBase):
+    name: Literal["first_error"] = "first_error"
+    """SuperCorrect's Stage 2: the teacher names the first wrong step of a wrong attempt and corrects
+    it; pairs share the student's steps before it as context (`envs/first_error.py`)."""
+    student: str = "student"
+    """The agent that attempts: the one the trainer updates."""
+    teacher: str = "teacher"
+    """The agent that locates the first wrong step and writes its correction (it sees the reference)."""
+    max_reply_chars: int = Field(4000, ge=16)
+    """The teacher's reply is cut here before it is parsed (a runaway reply cannot become a target)."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student, "teacher": self.teacher}
+
+
+ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig,
+               FirstErrorEnvConfig)
 EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig
-                      | TailoredEnvConfig, Field(discriminator="name")]
+                      | TailoredEnvConfig | FirstErrorEnvConfig, Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

@@ -6,10 +6,11 @@ A GRPO group is G turns of one episode (ARCHITECTURE §7). The advantage of samp
 DeepSeekMath §4.1.2, outcome supervision), with the population std over the group. A group whose
 rewards are all equal carries no policy-gradient signal; `rollouts/zero_std_groups` counts them.
 
-Lessons: on-policy distillation from teacher-scored samples (objective `kd`), and pairs of a verified
+Lessons: on-policy distillation from teacher-scored samples (objective `kd`), pairs of a verified
 and a failed sample of the same problem (`redi`, `dpo`: REDI with the student's own negatives,
-configs/methods/redi.yaml). Policy-gradient lessons from the advantages wait for the trainer's `pg`
-objective; until then `group_advantages` gives them.
+configs/methods/redi.yaml), GRPO's policy-gradient lessons, every sample with its group advantage
+(`pg`), and KDRL's KD term, the teacher-scored samples for `kl_teacher` minus those the reward mask
+drops (`kl_teacher_mask`, configs/methods/kdrl.yaml).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from tutorloop.agents.protocol import AgentHandle
-from tutorloop.config import RolloutsEnvConfig, RunConfig
+from tutorloop.config import KLMask, RolloutsEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems
 from tutorloop.envs.learning import learning_parts
-from tutorloop.envs.to_examples import PAIR_OBJECTIVES, group_pair_lessons, to_lessons
+from tutorloop.envs.to_examples import PAIR_OBJECTIVES, group_pair_lessons, scored_lesson, to_lessons
 from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, StopReason, Turn
@@ -34,7 +35,8 @@ EPS = 1e-6
 """Keeps a group of equal rewards at advantage 0 instead of 0/0."""
 COLUMNS = (("round", "round", "{:.0f}"), ("reward", "rollouts/reward_mean", "{:.2f}"),
            ("pass@G", "rollouts/pass_at_group", "{:.2f}"), ("zero std", "rollouts/zero_std_groups", "{:.2f}"),
-           ("kd", "loss/kd", "{:.3f}"), ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
+           ("kd", "loss/kd", "{:.3f}"), ("pg", "loss/pg", "{:.3f}"), ("kl_teacher", "loss/kl_teacher", "{:.4f}"),
+           ("gen tok/s", "gen/student_tokens_per_s", "{:.0f}"),
            ("s", "round/seconds", "{:.1f}"))
 
 
@@ -43,12 +45,12 @@ class RolloutsEnv(SolvesBareProblems):
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, group_size: int, top_k: int = 20,
                  objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
-                 encode: TokenEncoder | None = None, learner: str = "student") -> None:
+                 encode: TokenEncoder | None = None, learner: str = "student", kl_teacher_mask: KLMask = "none") -> None:
         """parts: student → agent name, and teacher → agent name to score samples (none: unscored);
-        learner: the learner the lessons are for."""
+        learner: the learner the lessons are for; kl_teacher_mask: which samples get no `kl_teacher` lesson."""
         self.parts = dict(parts or {"student": "student"})
         self.group_size, self.top_k, self.objectives, self.verifier = group_size, top_k, objectives, verifier
-        self.encode, self.learner = encode, learner
+        self.encode, self.learner, self.kl_teacher_mask = encode, learner, kl_teacher_mask
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> RolloutsEnv:
@@ -57,7 +59,7 @@ class RolloutsEnv(SolvesBareProblems):
         student = learning_parts(cfg).get("student")
         return cls(env.parts(), group_size=env.group_size, top_k=env.top_k,
                    objectives=student.objectives if student else frozenset(), encode=student.encode if student else None,
-                   learner=student.learner if student else "student")
+                   learner=student.learner if student else "student", kl_teacher_mask=env.kl_teacher_mask)
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         group = await moves.attempts(agents[self.parts["student"]], problem, self.group_size)
@@ -70,15 +72,18 @@ class RolloutsEnv(SolvesBareProblems):
                        rewards={"reward_mean": mean, "reward_std": std, "solved_any": float(any(rewards))})
 
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
-        """OPD lessons from the teacher-scored samples, verified-over-failed pairs within each group;
-        nothing else yet (the `pg` objective will take `group_advantages`)."""
+        """OPD lessons from the teacher-scored samples, verified-over-failed pairs within each group,
+        GRPO lessons (`pg`) and KDRL's masked KD lessons (`kl_teacher`)."""
         scored, pairs = self.objectives & {"kd"}, self.objectives & PAIR_OBJECTIVES
-        if not scored | pairs:
+        if not scored | pairs | (self.objectives & {"pg", "kl_teacher"}):
             return []
         assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
         episodes = list(episodes)  # read once per kind of lesson
         out = to_lessons(episodes, self.verifier, self.encode, objectives=set(scored)) if scored else []
         out += group_pair_lessons(episodes, self.verifier, self.encode, objectives=set(pairs))
+        out += pg_lessons(episodes, self.encode) if "pg" in self.objectives else []
+        if "kl_teacher" in self.objectives:
+            out += kl_teacher_lessons(episodes, self.encode, self.kl_teacher_mask)
         return [replace(x, learner=self.learner) for x in out]
 
     def metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
@@ -101,6 +106,30 @@ def group_advantages(episode: Episode) -> tuple[float, ...]:
     rewards = [float(bool(t.correct)) for t in episode.turns]
     mean, std = _mean_std(rewards)
     return tuple((r - mean) / (std + EPS) for r in rewards)
+
+
+def pg_lessons(episodes: Sequence[Episode], encode: TokenEncoder) -> list[Lesson]:
+    """GRPO (METHODS F5): every sample with token ids and behaviour log-probs, with its group's
+    advantage. A zero-std group's samples stay (A = 0): they count in the token-mean, as in GRPO."""
+    return [Lesson("pg", encode.prompt(turn.prompt), turn.token_ids, behavior_logprobs=turn.logprobs,
+                   policy_version=turn.policy_version, advantage=advantage, provenance="student:grpo")
+            for episode in episodes for turn, advantage in zip(episode.turns, group_advantages(episode))
+            if turn.token_ids and len(turn.logprobs) == len(turn.token_ids)]
+
+
+def kl_teacher_lessons(episodes: Sequence[Episode], encode: TokenEncoder, mask: KLMask) -> list[Lesson]:
+    """KDRL's KD term on the teacher-scored samples the reward mask keeps (METHODS C2, [sec]):
+    `correct` drops correct samples, `solved_group` every sample of a group with a correct one, `none` none."""
+    out = []
+    for episode in episodes:
+        solved = any(t.correct for t in episode.turns)
+        for turn in episode.turns:
+            if not (turn.teacher_scores and turn.token_ids):
+                continue
+            if (mask == "correct" and turn.correct) or (mask == "solved_group" and solved):
+                continue
+            out.append(replace(scored_lesson(encode, turn), objective="kl_teacher", provenance="student:kdrl"))
+    return out
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -115,6 +115,11 @@ class PGParams(OPDPGParams):
         return self.kl_coef > 0
 
 
+class KLTeacherParams(Params):
+    estimator: Literal["k2", "k3"] = "k2"
+    """Per-token KL(pi_theta || pi_teacher) estimator on the policy's own samples (KDRL prefers k2)."""
+
+
 @dataclass(frozen=True)
 class TokenInputs:
     """One micro-batch of token- or sequence-unit lessons, right-aligned as `forward_targets` gives.
@@ -282,6 +287,16 @@ def _pg(x: TokenInputs, p: PGParams) -> tuple[Tensor, dict[str, Tensor]]:
     return loss, metrics
 
 
+def _kl_teacher(x: TokenInputs, p: KLTeacherParams) -> tuple[Tensor, dict[str, Tensor]]:
+    """KDRL's KD term (METHODS C2): sum_t k(log pi_theta(y_t) - log pi_T(y_t)) on the student's samples;
+    its coefficient beta(t) is this objective's weight or `schedule`."""
+    from tutorloop.objectives import pg_losses
+
+    assert x.teacher_logp_B_T is not None
+    loss = pg_losses.kl_estimate_sum(x.logp_B_T, x.teacher_logp_B_T, x.mask_B_T, estimator=p.estimator)
+    return loss, {"kl/teacher_student": _k1_to_teacher(x)}
+
+
 def _dpo(x: PairInputs, p: DPOParams) -> tuple[Tensor, dict[str, Tensor]]:
     from tutorloop.objectives import losses
 
@@ -314,3 +329,4 @@ register(Objective("kd", _kd, "tokens", KDParams, frozenset({"teacher_scores"}),
 register(Objective("opd_pg", _opd_pg, "tokens", OPDPGParams, frozenset({"teacher_scores", "behavior_logprobs"}),
                    on_policy=True, untempered_sampling=True))
 register(Objective("pg", _pg, "tokens", PGParams, frozenset({"behavior_logprobs", "advantage"}), on_policy=True))
+register(Objective("kl_teacher", _kl_teacher, "tokens", KLTeacherParams, frozenset({"teacher_scores"}), on_policy=True))
