@@ -22,7 +22,7 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import CorrectionEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.prompts import split_correction
-from tutorloop.envs.learning import Learning, learning_parts
+from tutorloop.envs.learning import Learning, learner_kwargs, learning_parts
 from tutorloop.envs.mentor_lessons import to_mentor_lessons
 from tutorloop.envs.to_examples import to_lessons
 from tutorloop.envs.evaluation import SolvesBareProblems
@@ -66,9 +66,8 @@ class CorrectionEnv(SolvesBareProblems):
         student = learning.get("student")
         return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
                    feedback_candidates=env.feedback_candidates, max_reply_chars=env.max_reply_chars,
-                   objectives=student.objectives if student else frozenset(),
-                   score_top_k=student.top_k if student else 0, encode=student.encode if student else None,
-                   learner=student.learner if student else "student", mentor=learning.get("mentor"))
+                   score_top_k=student.top_k if student else 0, mentor=learning.get("mentor"),
+                   **learner_kwargs(cfg, "student"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         student, teacher, mentor = (agents[self.parts[p]] for p in ("student", "teacher", "mentor"))

@@ -20,7 +20,7 @@ from tutorloop.agents.protocol import AgentHandle
 from tutorloop.config import DialogueEnvConfig, RunConfig
 from tutorloop.envs import moves, prompts
 from tutorloop.envs.mathdial import load_mathdial
-from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.learning import learner_kwargs
 from tutorloop.envs.to_examples import to_tutor_lessons
 from tutorloop.envs.tutoring_metrics import dialogue_metrics, dialogue_rewards
 from tutorloop.errors import UserError
@@ -62,11 +62,8 @@ class DialogueEnv:
         env = cfg.env
         assert isinstance(env, DialogueEnvConfig)
         recorded = cfg.tasks.path if cfg.tasks.source == "mathdial" and env.recorded_dialogues else None
-        tutor = learning_parts(cfg).get("tutor")
         return cls(env.parts(), max_turns=env.max_turns, telling_penalty=env.telling_penalty,
-                   num_candidates=env.num_candidates, recorded=recorded, seed=cfg.seed,
-                   objectives=tutor.objectives if tutor else frozenset(), encode=tutor.encode if tutor else None,
-                   learner=tutor.learner if tutor else "tutor")
+                   num_candidates=env.num_candidates, recorded=recorded, seed=cfg.seed, **learner_kwargs(cfg, "tutor"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         turns: list[Turn] = []

@@ -35,7 +35,7 @@ from tutorloop.config import DistillEnvConfig, RunConfig
 from tutorloop.envs import moves, prompts
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems, accuracy_report
-from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.learning import learner_kwargs, learning_parts
 from tutorloop.envs.to_examples import demonstration_lessons, gkd_lessons, step_by_step_lessons
 from tutorloop.errors import UserError
 from tutorloop.graders import verify
@@ -84,9 +84,7 @@ class DistillEnv(SolvesBareProblems):
         return cls(env.parts(), samples=env.samples, temperature=env.temperature,
                    on_policy_fraction=env.on_policy_fraction, privileged=env.privileged,
                    score_top_k=student.top_k if student and "kd" in student.objectives else 0,
-                   objectives=student.objectives if student else frozenset(),
-                   encode=student.encode if student else None, learner=student.learner if student else "student",
-                   seed=cfg.seed, step_by_step=env.step_by_step, label_weight=env.label_weight)
+                   **learner_kwargs(cfg, "student"), seed=cfg.seed, step_by_step=env.step_by_step, label_weight=env.label_weight)
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         teacher = agents[self.parts["teacher"]]

@@ -36,7 +36,7 @@ from tutorloop.config import FirstErrorEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems
-from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.learning import learner_kwargs
 from tutorloop.envs.prompts import student_attempt
 from tutorloop.envs.to_examples import PAIR_OBJECTIVES
 from tutorloop.graders import undecodable, verify
@@ -104,10 +104,7 @@ class FirstErrorEnv(SolvesBareProblems):
     def from_config(cls, cfg: RunConfig) -> FirstErrorEnv:
         env = cfg.env
         assert isinstance(env, FirstErrorEnvConfig)
-        student = learning_parts(cfg).get("student")
-        return cls(env.parts(), max_reply_chars=env.max_reply_chars,
-                   objectives=student.objectives if student else frozenset(),
-                   encode=student.encode if student else None, learner=student.learner if student else "student")
+        return cls(env.parts(), max_reply_chars=env.max_reply_chars, **learner_kwargs(cfg, "student"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         attempt = moves.verify(await moves.attempt(agents[self.parts["student"]], problem), problem, self.verifier)

@@ -33,6 +33,15 @@ def learning_parts(cfg: Any) -> dict[str, Learning]:
     return out
 
 
+def learner_kwargs(cfg: Any, part: str) -> dict[str, Any]:
+    """What an env's constructor takes of the learner of `part`: `objectives`, `encode` and `learner`
+    (none, no tokenizer and the part's own name when the part is frozen)."""
+    learning = learning_parts(cfg).get(part)
+    if learning is None:
+        return {"objectives": frozenset(), "encode": None, "learner": part}
+    return {"objectives": learning.objectives, "encode": learning.encode, "learner": learning.learner}
+
+
 def agent_encoder(cfg: Any, agent: str) -> TokenEncoder:
     """An agent's tokenizer, which encodes text targets once where lessons are made."""
     from tutorloop.models import load_tokenizer, resolve_model

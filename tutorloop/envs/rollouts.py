@@ -25,7 +25,7 @@ from tutorloop.config import KLMask, RolloutsEnvConfig, RunConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems
-from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.learning import learner_kwargs
 from tutorloop.envs.to_examples import PAIR_OBJECTIVES, group_pair_lessons, scored_lesson, to_lessons
 from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
@@ -56,10 +56,8 @@ class RolloutsEnv(SolvesBareProblems):
     def from_config(cls, cfg: RunConfig) -> RolloutsEnv:
         env = cfg.env
         assert isinstance(env, RolloutsEnvConfig)
-        student = learning_parts(cfg).get("student")
-        return cls(env.parts(), group_size=env.group_size, top_k=env.top_k,
-                   objectives=student.objectives if student else frozenset(), encode=student.encode if student else None,
-                   learner=student.learner if student else "student", kl_teacher_mask=env.kl_teacher_mask)
+        return cls(env.parts(), group_size=env.group_size, top_k=env.top_k, kl_teacher_mask=env.kl_teacher_mask,
+                   **learner_kwargs(cfg, "student"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         group = await moves.attempts(agents[self.parts["student"]], problem, self.group_size)

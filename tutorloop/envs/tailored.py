@@ -25,7 +25,7 @@ from tutorloop.config import RunConfig, TailoredEnvConfig
 from tutorloop.envs import moves
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems
-from tutorloop.envs.learning import learning_parts
+from tutorloop.envs.learning import learner_kwargs
 from tutorloop.envs.to_examples import PAIR_OBJECTIVES, tailored_lessons
 from tutorloop.graders import verify
 from tutorloop.trainers.encoding import TokenEncoder
@@ -53,10 +53,8 @@ class TailoredEnv(SolvesBareProblems):
     def from_config(cls, cfg: RunConfig) -> TailoredEnv:
         env = cfg.env
         assert isinstance(env, TailoredEnvConfig)
-        student = learning_parts(cfg).get("student")
         return cls(env.parts(), num_candidates=env.num_candidates, prefix_weight=env.prefix_weight,
-                   objectives=student.objectives if student else frozenset(),
-                   encode=student.encode if student else None, learner=student.learner if student else "student")
+                   **learner_kwargs(cfg, "student"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         """The exam item, and the teacher's rationales for it when the student got it wrong."""
