@@ -92,6 +92,18 @@ def save_answering_lm(path: Path, answers: tuple[str, ...] = ("1", "2"), steps: 
     return path
 
 
+def write_ones_and_twos(directory: Path, n: int) -> Path:
+    """A JSONL task file of n problems whose answers are 1 or 2, with reference solutions: the
+    problems `save_answering_lm`'s model is right on about half the time."""
+    import json
+
+    path = directory / "ones_and_twos.jsonl"
+    rows = [{"id": f"d{i}", "prompt": f"What is {i % 2} + 1?", "answer": str(i % 2 + 1),
+             "solution": f"{i % 2} + 1 = {i % 2 + 1}. The answer is {i % 2 + 1}."} for i in range(n)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_answering_lm_dir(tmp_path_factory) -> Path:
     """A tiny model that replies "The answer is 1." or "... 2." about equally (`save_answering_lm`)."""

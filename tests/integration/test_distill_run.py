@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_ones_and_twos
 
 from tutorloop import loop
 from tutorloop.config import load_config
@@ -18,11 +19,7 @@ GKD = Path(__file__).resolve().parents[2] / "configs" / "methods" / "gkd.yaml"
 
 
 def _tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "ones_and_twos.jsonl"
-    rows = [{"id": f"d{i}", "prompt": f"What is {i % 2} + 1?", "answer": str(i % 2 + 1),
-             "solution": f"{i % 2} + 1 = {i % 2 + 1}. The answer is {i % 2 + 1}."} for i in range(20)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    return write_ones_and_twos(tmp_path, 20)
 
 
 def test_a_tiny_distill_run_trains_on_verified_demonstrations_and_both_sides_of_the_gate(

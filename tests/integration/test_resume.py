@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_ones_and_twos
 import torch
 
 from tutorloop.cli import main
@@ -46,11 +47,7 @@ so the mentor has outcomes to learn from."""
 
 
 def _tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "ones_and_twos.jsonl"
-    rows = [{"id": f"d{i}", "prompt": f"What is {i % 2} + 1?", "answer": str(i % 2 + 1),
-             "solution": f"{i % 2} + 1 = {i % 2 + 1}. The answer is {i % 2 + 1}."} for i in range(30)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    return write_ones_and_twos(tmp_path, 30)
 
 
 def _config(tmp_path: Path, name: str, student: Path, teacher: Path, wandb: str = "disabled",
