@@ -6,8 +6,8 @@ README's methods table from what they report (issue 14).
 Each config runs as `tutorloop run configs/methods/<name>.yaml loop.rounds=R run_dir=OUT/<name>`
 in its own process (so one run's models are freed before the next loads), with W&B off. Chained
 configs run in order, the later one reading the earlier one's saved learner (`CHAINS`). Per method
-it keeps accuracy before and after (or success@1 for a tutoring env), the method's own metric from
-the last round's metrics.jsonl, and the wall time. Writes bench/results/methods/<name>.json and
+it keeps accuracy before and after (or success@1 for a tutoring env), the method's own metrics from
+each round's metrics.jsonl, and the wall time. Writes bench/results/methods/<name>.json and
 bench/results/methods/TABLE.md with the machine.
 """
 
@@ -33,7 +33,7 @@ OWN_METRICS: dict[str, tuple[str, ...]] = {
     "supercorrect": ("first_error/located_rate", "lessons/dpo"),
     "tailored_learning": ("tailored/wrong_items", "tailored/taught_rate"),
     "tutor_rl": ("tutoring/reward", "loss/pg"),
-    "co_training": ("episodes/feedback_accepted_rate", "mentor/lessons/sft"),
+    "co_training": ("episodes/feedback_accepted_rate", "mentor/sft/units", "mentor/dpo/units"),
 }
 """The metrics that show each method doing its own thing (its lessons, its gate, its reward); a
 method without an entry reports the last round's lesson counts."""
@@ -55,7 +55,7 @@ def run_method(name: str, rounds: int, out: Path, overrides: list[str]) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return {"name": name, "ok": True, "seconds": seconds, "rounds": rounds, "summary": summary,
-            "last_round": rows[-1] if rows else {}, "command": " ".join(["tutorloop", *cmd[3:]])}
+            "last_round": rows[-1] if rows else {}, "per_round": rows, "command": " ".join(["tutorloop", *cmd[3:]])}
 
 
 def chain_overrides(name: str, out: Path) -> list[str]:
@@ -82,9 +82,10 @@ def headline(result: dict) -> tuple[str, str]:
 
 
 def own_metrics(result: dict) -> str:
-    last = result.get("last_round", {})
-    keys = OWN_METRICS.get(result["name"]) or tuple(k for k in last if k.startswith("lessons/"))
-    return ", ".join(f"{k} {_fmt(last.get(k))}" for k in keys)
+    """Each of the method's metrics round by round, e.g. `distill/verified_rate 0.250 / 0.312`."""
+    rows = result.get("per_round") or [result.get("last_round", {})]
+    keys = OWN_METRICS.get(result["name"]) or tuple(k for k in rows[-1] if k.startswith("lessons/"))
+    return ", ".join(f"{k} {' / '.join(_fmt(row.get(k)) for row in rows)}" for k in keys)
 
 
 def _fmt(value: object) -> str:
@@ -92,7 +93,8 @@ def _fmt(value: object) -> str:
 
 
 def table(results: list[dict], machine: str) -> str:
-    lines = [f"Machine: {machine}", "", "| method | before | after | the method's own metric (last round) | wall s |",
+    lines = [f"Machine: {machine}", "",
+             "| method | before | after | the method's own metrics, round 0 / round 1 / ... | wall s |",
              "| --- | --- | --- | --- | --- |"]
     for r in results:
         if not r["ok"]:

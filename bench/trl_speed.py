@@ -2,6 +2,10 @@
 data shapes of ../shared/bench-anchors/common.py (imported from there, never copied).
 
     .venv/bin/python bench/trl_speed.py [--quick] [--windows 5] [--only sft dpo ...] [--json PATH]
+    .venv/bin/python bench/trl_speed.py --only round --model embedded:smollm2-135m-instruct --windows 3
+
+`--model` puts one model (a path, or the embedded SmolLM2) in place of the anchors' tiny student AND
+teacher, as users run it (results to bench/results/trl_speed_<model>.json).
 
 Comparisons (full-parameter training, fp32, 2 threads, AdamW lr 1e-4, grad clip 1.0):
 
@@ -47,6 +51,31 @@ THREADS = usable_cores()  # both sides get every core this process may use (2 on
 TARGETS = {"objective": 2.0, "round": 3.0, "mixed": 1.1}
 
 Window = Callable[[int], float]  # runs k optimizer steps (or rounds), returns the seconds they took
+
+
+class ModelAssets:
+    """The anchors' `common` module with one model as both student and teacher: `ensure_assets()`
+    is a directory whose student/ and teacher/ link to that model, `load` reads from it."""
+
+    def __init__(self, common: Any, model: str) -> None:
+        from tutorloop.models import resolve_model
+
+        self.common, self.dir = common, Path(tempfile.mkdtemp(prefix="tutorloop-bench-model-"))
+        for name in ("student", "teacher"):
+            (self.dir / name).symlink_to(resolve_model(model))
+
+    def ensure_assets(self) -> Path:
+        return self.dir
+
+    def load(self, name: str) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self.dir / name
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.common, name)
 
 
 def load_common() -> Any | None:
@@ -499,8 +528,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--windows", type=int, default=15, help="timed windows per contender")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per contender first")
     ap.add_argument("--only", nargs="*", choices=list(GROUPS), default=list(GROUPS))
-    ap.add_argument("--json", default=str(RESULTS), help="where to write the rows and raw windows")
-    return ap.parse_args(argv)
+    ap.add_argument("--json", default=None, help="where to write the rows and raw windows")
+    ap.add_argument("--model", default=None, help="one model as student and teacher (a path or embedded:NAME) "
+                                                  "instead of the anchors' tiny pair")
+    args = ap.parse_args(argv)
+    if args.json is None:
+        tag = args.model.split(":")[-1].split("/")[-1] if args.model else ""
+        args.json = str(RESULTS.with_name(f"trl_speed_{tag}.json") if tag else RESULTS)
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -511,6 +546,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"skipped: {ANCHORS} (bench-anchors/common.py) is absent")
         write(Path(args.json), {"rows": [], "skipped": f"{ANCHORS} is absent"})
         return []
+    common = ModelAssets(common, args.model) if args.model else common
     common.set_threads(THREADS)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's dataset preparation
     warnings.filterwarnings("ignore")
@@ -530,7 +566,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     write(Path(args.json), {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
                             "dtypes": {"ours": "float32 (autocast rows: bf16 matmuls where dtype auto picks "
                                                f"bf16, {_auto()} here)", "trl": "float32"},
-                            "rows": rows, "quick": args.quick, "plan": plan, "windows_per_s": raw,
+                            "rows": rows, "quick": args.quick, "model": args.model or "anchors' tiny pair", "plan": plan, "windows_per_s": raw,
                             "versions": versions(), "trl_gradient_checkpointing": False, "threads": THREADS})
     return rows
 
