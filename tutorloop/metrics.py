@@ -86,7 +86,7 @@ class RunLog:
         if self.console is not None:
             self.console.print(message)
 
-    def finish(self, summary: dict[str, float]) -> None:
+    def finish(self, summary: dict[str, Any]) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if self.wandb is not None:
             import wandb
