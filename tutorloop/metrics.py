@@ -119,6 +119,8 @@ def log_eval(results: dict[str, Any], *, run_dir: Path, name: str, config: dict[
 
     run = _start_wandb(run_dir, f"{name}-eval", config, wandb_cfg, None, job_type="eval")
     scores = {f"eval/{key}": results[key] for key in ("pass@1", "pass@k") if results[key] is not None}
+    if transfer := results.get("transfer"):
+        scores |= {"eval/transfer_accuracy": transfer["accuracy"], "eval/transfer_chat_accuracy": transfer["chat_accuracy"]}
     run.log(scores)
     run.summary.update(scores | {"eval/num_problems": results["num_problems"], "eval/k": results["k"],
                                  "eval/samples": results["samples"]})
