@@ -17,10 +17,13 @@ KEYS = {f"eval/transfer_{kind}accuracy_{when}" for kind in ("", "chat_") for whe
 def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path, tiny_answering_lm_dir,
                                                                         tiny_teacher_dir, capsys):
     """The student answers "The answer is 1." or "... 2.", the tasks and the transfer set are ones and
-    twos from one file (the transfer set keeps to the problems the run leaves alone). Catches: transfer
+    twos under the same ids (the transfer set keeps to the ids the run leaves alone). Catches: transfer
     metrics missing from the summary or summary.json under either prompt or at either time, the
     summary not saying which set was scored, or the console not reporting it."""
     tasks = write_ones_and_twos(tmp_path, 20)
+    transfer = tmp_path / "transfer.jsonl"  # the same ids (d0..d19) as the tasks, other texts
+    transfer.write_text("".join(json.dumps({"id": f"d{i}", "prompt": f"Problem {i}: what is {i % 2} plus one?",
+                                            "answer": str(i % 2 + 1)}) + "\n" for i in range(20)))
     agents = {"student": {"model": str(tiny_answering_lm_dir), "sampling": {"max_new_tokens": 10}},
               "teacher": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}},
               "mentor": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}}}
@@ -30,12 +33,12 @@ def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                     "objectives": {"sft": 1.0}},
         "loop": {"rounds": 1, "problems_per_round": 2},
-        "eval": {"max_new_tokens": 10, "transfer": {"source": "jsonl", "path": str(tasks), "num": 6,
+        "eval": {"max_new_tokens": 10, "transfer": {"source": "jsonl", "path": str(transfer), "num": 6,
                                                     "max_new_tokens": 10}},
         "log": {"console": True, "wandb": {"mode": "disabled"}}})
     summary = asyncio.run(loop.run(cfg))
     assert KEYS <= summary.keys() and all(0.0 <= summary[k] <= 1.0 for k in KEYS)
-    assert summary["eval/transfer_source"] == f"jsonl:{tasks}"
+    assert summary["eval/transfer_source"] == f"jsonl:{transfer}"
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert {k: on_disk[k] for k in KEYS} == {k: summary[k] for k in KEYS}
     assert summary["eval/transfer_accuracy_before"] > 0  # the student's "The answer is 1/2." was graded
