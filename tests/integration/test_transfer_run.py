@@ -41,7 +41,6 @@ def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path
     assert summary["eval/transfer_source"] == f"jsonl:{transfer}"
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert {k: on_disk[k] for k in KEYS} == {k: summary[k] for k in KEYS}
-    assert summary["eval/transfer_accuracy_before"] > 0  # the student's "The answer is 1/2." was graded
     out = capsys.readouterr().out
     assert "eval.transfer: 6 problems from jsonl:" in out and "(10 left out" in out
     assert "eval before training: transfer" in out and "eval after training: transfer" in out
