@@ -8,7 +8,8 @@ W&B run (offline unless WANDB_MODE says otherwise); each arm is also a W&B run o
 
 Each arm is `tutorloop run CONFIG` with `loop.time_budget_minutes`, `eval.every=1` and the arm's
 objective weights; the budget counts the rounds only, so every arm gets the same training time
-however long its evaluations take. Extra `key=value` overrides go to every arm.
+however long its evaluations take. Extra `key=value` overrides go to every arm. A config with
+`eval.transfer` also reports each arm's transfer accuracy before and after, under both prompts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ARMS = {
@@ -40,6 +41,9 @@ class Curve:
     """Training wall-clock (rounds only) at each evaluation; 0 is the untrained student."""
     accuracy: tuple[float, ...]
     rounds: int
+    transfer: dict[str, float] = field(default_factory=dict)
+    """The eval.transfer set before and after training under both prompts, by prompt and time
+    (`train_before`, `train_after`, `chat_before`, `chat_after`); empty when the config has none."""
 
     @property
     def gain_points(self) -> float:
@@ -75,7 +79,18 @@ def read_curve(arm: str, run_dir: Path) -> Curve:
     points += [(r["time/train_seconds"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
     points.append((summary["time/train_seconds"], summary["eval/accuracy_after"]))
     points = sorted(dict(points).items())  # the last round's eval and "after" coincide in time
-    return Curve(arm, tuple(p[0] for p in points), tuple(p[1] for p in points), rounds=len(rows))
+    return Curve(arm, tuple(p[0] for p in points), tuple(p[1] for p in points), rounds=len(rows),
+                 transfer=transfer_scores(summary))
+
+
+def transfer_scores(summary: dict) -> dict[str, float]:
+    """`eval/transfer_accuracy_before`, `eval/transfer_chat_accuracy_after`... as train_before, chat_after..."""
+    out = {}
+    for prompt, key in (("train", "transfer_accuracy"), ("chat", "transfer_chat_accuracy")):
+        for when in ("before", "after"):
+            if (value := summary.get(f"eval/{key}_{when}")) is not None:
+                out[f"{prompt}_{when}"] = value
+    return out
 
 
 def plot(curves: list[Curve], path: Path, minutes: float) -> None:
@@ -110,8 +125,23 @@ def report(curves: list[Curve], args: argparse.Namespace, png: Path) -> str:
     for c in curves:
         lines.append(f"| {c.arm} | {c.rounds} | {100 * c.accuracy[0]:.1f}% | {100 * c.accuracy[-1]:.1f}% | "
                      f"{100 * max(c.accuracy):.1f}% | {c.gain_points:+.1f} |")
+    lines += transfer_table(curves)
     lines += ["", *verdicts(curves, args.minutes)]
     return "\n".join(lines) + "\n"
+
+
+def transfer_table(curves: list[Curve]) -> list[str]:
+    """Each arm on the transfer set (eval.transfer), before and after, under the run's prompt and the
+    step-by-step chat prompt; nothing when no arm has one."""
+    if not any(c.transfer for c in curves):
+        return []
+    lines = ["", "Transfer set (never trained on), greedy:", "",
+             "| objective | run's prompt before | after | chat prompt before | after |", "|---|---|---|---|---|"]
+    for c in curves:
+        cells = [f"{100 * c.transfer[k]:.1f}%" if k in c.transfer else "-"
+                 for k in ("train_before", "train_after", "chat_before", "chat_after")]
+        lines.append(f"| {c.arm} | {' | '.join(cells)} |")
+    return lines
 
 
 def verdicts(curves: list[Curve], minutes: float) -> list[str]:
@@ -140,6 +170,7 @@ def log_wandb(curves: list[Curve], out: Path, png: Path) -> None:
     for c in curves:
         for seconds, accuracy in zip(c.seconds, c.accuracy):
             run.log({f"efficacy/{c.arm}_accuracy": accuracy, "efficacy/train_minutes": seconds / 60})
+        run.summary.update({f"efficacy/{c.arm}_transfer_{key}": value for key, value in c.transfer.items()})
     run.log({"efficacy/plot": wandb.Image(str(png)),
              "efficacy/table": wandb.Table(columns=["objective", "rounds", "untrained", "final", "gain_points"],
                                            data=[[c.arm, c.rounds, c.accuracy[0], c.accuracy[-1], c.gain_points]

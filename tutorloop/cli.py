@@ -80,7 +80,8 @@ async def _eval(cfg, config_path: str, checkpoint: str | None, out: str | None) 
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config_path,
                "source": tasks.source, "path": tasks.path, "split": tasks.split if tasks.source == "hf" else None,
                "problems": cfg.eval.problems, "model": spec.model, "checkpoint": checkpoint,
-               "temperature": cfg.eval.temperature if cfg.eval.k else None, **result_record(result)}
+               "temperature": cfg.eval.temperature if cfg.eval.k else None, **result_record(result),
+               "transfer": await _eval_transfer(cfg, generator) if cfg.eval.transfer else None}
     path = _write_results(Path(out) if out else run_dir / "eval_results.json", results)
     log_eval(results, run_dir=run_dir, name=cfg.name, config=config_dict(cfg), wandb_cfg=cfg.log.wandb)
     runtime.shutdown()
@@ -90,7 +91,23 @@ async def _eval(cfg, config_path: str, checkpoint: str | None, out: str | None) 
     if result.pass_at_k is not None:
         print(f"eval pass@{result.k}: {result.pass_at_k:.3f} ({result.samples} samples per problem, "
               f"temperature {cfg.eval.temperature})")
+    if transfer := results["transfer"]:
+        print(f"eval transfer: {transfer['accuracy']:.3f} under the student's prompt, {transfer['chat_accuracy']:.3f} "
+              f"under a step-by-step chat prompt ({transfer['num_problems']} problems, {transfer['source']}, greedy)")
     print(f"results: {path}")
+
+
+async def _eval_transfer(cfg, generator) -> dict:
+    """eval.transfer as the training loop scores it, the student's bare prompt standing for the run's."""
+    from tutorloop.envs.evaluation import chat_accuracy, greedy_accuracy
+    from tutorloop.loop import build_pool, transfer_set
+
+    transfer = transfer_set(cfg, build_pool(cfg))
+    print(transfer.note)
+    tokens = cfg.eval.transfer.max_new_tokens
+    train = await greedy_accuracy(generator, transfer.problems, max_new_tokens=tokens)
+    return {"source": transfer.source, "num_problems": len(transfer.problems), "accuracy": train["accuracy"],
+            "chat_accuracy": await chat_accuracy(generator, transfer.problems, max_new_tokens=tokens)}
 
 
 def _eval_problems(cfg) -> list:

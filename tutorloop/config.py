@@ -79,6 +79,32 @@ class CheckpointConfig(Strict):
     """Newest checkpoints kept in `run_dir/checkpoints`; older ones go once a newer one is complete."""
 
 
+class TransferConfig(Strict):
+    """A second held-out set the run never trains on, scored before and after training under two
+    prompts: the run's own eval prompt and a plain chat prompt that asks for step-by-step reasoning
+    (forgetting shows in the second). Problems the run trains or evaluates on (same id or same text)
+    are left out; the first `num` that remain, in the file's order, are the set."""
+    source: Literal["gsm8k", "jsonl", "svamp", "builtin"] = "gsm8k"
+    """A file source (GSM8K-format JSONL, plain JSONL, SVAMP) or `builtin`: generated multi-step word
+    problems in GSM8K's style (money, rates, fractions), unlike the arithmetic task's stories."""
+    path: str | None = None
+    """The file of a file source, relative to the working directory like tasks.path. When it is
+    absent the built-in set stands in, with a note saying so (a fresh clone has no ../shared)."""
+    num: int = Field(64, ge=1)
+    """Transfer problems scored at each evaluation."""
+    max_new_tokens: int = Field(256, ge=1)
+    """Reply length on the transfer set under both prompts: reasoning through a multi-step problem
+    takes more tokens than the built-in task's answers."""
+
+    @model_validator(mode="after")
+    def _path_fits_source(self) -> TransferConfig:
+        if self.source != "builtin" and not self.path:
+            raise ValueError(f"path: source '{self.source}' needs `path`")
+        if self.source == "builtin" and self.path:
+            raise ValueError("path: the builtin source generates its problems and reads no file")
+        return self
+
+
 class EvalConfig(Strict):
     before: bool = True
     """Evaluate the untrained student before round 0."""
@@ -101,6 +127,8 @@ class EvalConfig(Strict):
     estimate's variance."""
     temperature: float = Field(0.8, gt=0.0, le=5.0)
     """Sampling temperature of the pass@k replies (pass@1 is always greedy)."""
+    transfer: TransferConfig | None = None
+    """A transfer set scored before and after training (`TransferConfig`); null: none."""
 
     @model_validator(mode="after")
     def _enough_samples(self) -> EvalConfig:
@@ -214,6 +242,13 @@ class RunConfig(Strict):
         if extra := sorted(set(self.agents) - set(parts.values())):
             raise ValueError(f"agents.{extra[0]}: not used by env '{self.env.name}' (its parts: "
                              + ", ".join(f"{p}={a}" for p, a in parts.items()) + ")")
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_has_a_student(self) -> RunConfig:
+        if self.eval.transfer is not None and "student" not in self.env.parts():
+            raise ValueError(f"eval.transfer: env '{self.env.name}' has no student that answers bare problems "
+                             "to score on a transfer set; set eval.transfer=null")
         return self
 
     @model_validator(mode="after")
@@ -342,6 +377,6 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 
 __all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "CorrectionEnvConfig", "LearnerConfig", "LoraConfig", "TrainerConfig",
            "DialogueEnvConfig", "DistillEnvConfig", "EnvConfig", "FirstErrorEnvConfig", "KLMask", "RolloutsEnvConfig",
-           "TailoredEnvConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
+           "TailoredEnvConfig", "TransferConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
            "config_dict", "load_config", "validate_config"]

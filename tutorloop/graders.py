@@ -76,6 +76,15 @@ def verify(problem: Problem, reply: str) -> Verdict:
     return Verdict(correct=correct, answer=answer)
 
 
+def verify_last_number(problem: Problem, reply: str) -> Verdict:
+    """The verdict on a free-form reply: its last number against the gold answer, whatever phrase
+    precedes it. How a plain chat reply to a word problem is graded (the transfer set's chat prompt),
+    since such a reply follows no answer format of ours."""
+    answer = _last_number(reply) if reply else None
+    gold = normalize_number(problem.answer) if problem.answer is not None else None
+    return Verdict(correct=answer is not None and gold is not None and _same_number(answer, gold), answer=answer)
+
+
 def verify_latex(problem: Problem, reply: str) -> Verdict:
     """A MATH-style verdict: the reply's last closed \\boxed{...} against the gold answer, by math-verify."""
     answer = last_boxed(reply)

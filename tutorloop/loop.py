@@ -16,11 +16,13 @@ from tutorloop.agents import build_agents, check_models
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
 from tutorloop.envs import Env, build_env
+from tutorloop.envs.evaluation import transfer_report
 from tutorloop.errors import UserError
 from tutorloop.learner import Learner, build_learners
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.tasks import TaskPool, build_tasks
+from tutorloop.tasks.transfer import TransferSet, build_transfer
 from tutorloop.trainers import trained_agents
 from tutorloop.viewer import write_viewer
 
@@ -36,6 +38,8 @@ class Run:
     learners: dict[str, Learner]
     """By name; an agent without one is frozen."""
     runtime: Any
+    transfer: TransferSet | None = None
+    """The eval.transfer set, scored before and after training; None when not configured."""
 
 
 def build_run(cfg: RunConfig) -> Run:
@@ -46,7 +50,14 @@ def build_run(cfg: RunConfig) -> Run:
     agents = build_agents(runtime, cfg.agents, trained=trained_agents(cfg), seed=cfg.seed)
     generators = {name: agent.generator for name, agent in agents.items()}
     return Run(env=env, tasks=tasks, agents=agents, generators=generators,
-               learners=build_learners(runtime, cfg, generators), runtime=runtime)
+               learners=build_learners(runtime, cfg, generators), runtime=runtime,
+               transfer=transfer_set(cfg, tasks))
+
+
+def transfer_set(cfg: RunConfig, pool: TaskPool) -> TransferSet | None:
+    """eval.transfer's problems, none of which the run trains or evaluates on."""
+    t = cfg.eval.transfer
+    return None if t is None else build_transfer(t.source, path=t.path, num=t.num, seen=pool.train + pool.eval)
 
 
 def build_pool(cfg: RunConfig) -> TaskPool:
@@ -56,7 +67,7 @@ def build_pool(cfg: RunConfig) -> TaskPool:
                        question_field=t.question_field, answer_field=t.answer_field)
 
 
-async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
+async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     """Every env, one loop. A run dir that holds a checkpoint continues from it; `resume` makes
     that required. Episodes come from `rollout`, lessons carry the policy version that made them,
     so the next round's episodes can later be generated while this round trains."""
@@ -69,6 +80,8 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
                  columns=job.env.columns, first_round=saved.progress.rounds_done if saved else 0,
                  wandb_id=saved.wandb_id if saved else None)
     await note_threads(job.runtime, log)
+    if job.transfer is not None:
+        log.note(job.transfer.note)
     progress = await start(saved, cfg, job, log)
     train_seconds = 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
@@ -96,6 +109,8 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, float]:
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
         summary |= await evaluate(job, cfg, "after", "after training", log)
+    if job.transfer is not None:
+        summary["eval/transfer_source"] = job.transfer.source  # which set: a file, or the built-in stand-in
     await finish(job, cfg, run_dir, log, summary)
     return summary
 
@@ -125,7 +140,7 @@ async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog)
     return Progress(summary=before)
 
 
-async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, float]) -> None:
+async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, Any]) -> None:
     """Each learner's weights saved under its name, the transcripts rendered, the log closed."""
     for name, learner in job.learners.items():
         await save_model(learner.trainer, run_dir / name)
@@ -170,8 +185,14 @@ async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], ru
 
 
 async def evaluate(job: Run, cfg: RunConfig, label: str | None, when: str, log: RunLog) -> dict[str, float]:
+    """The held-out split as the env scores it; before and after training also the transfer set."""
     metrics, line = await job.env.evaluate(job.agents, job.tasks.eval, label, max_new_tokens=cfg.eval.max_new_tokens)
     log.note(f"eval {when}: {line}")
+    if label is not None and job.transfer is not None and cfg.eval.transfer is not None:
+        transfer, line = await transfer_report(job.env, job.agents, job.transfer.problems, label,
+                                               source=job.transfer.source, max_new_tokens=cfg.eval.transfer.max_new_tokens)
+        log.note(f"eval {when}: {line}")
+        metrics |= transfer
     return metrics
 
 

@@ -86,7 +86,7 @@ class RunLog:
         if self.console is not None:
             self.console.print(message)
 
-    def finish(self, summary: dict[str, float]) -> None:
+    def finish(self, summary: dict[str, Any]) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if self.wandb is not None:
             import wandb
@@ -119,6 +119,8 @@ def log_eval(results: dict[str, Any], *, run_dir: Path, name: str, config: dict[
 
     run = _start_wandb(run_dir, f"{name}-eval", config, wandb_cfg, None, job_type="eval")
     scores = {f"eval/{key}": results[key] for key in ("pass@1", "pass@k") if results[key] is not None}
+    if transfer := results.get("transfer"):
+        scores |= {"eval/transfer_accuracy": transfer["accuracy"], "eval/transfer_chat_accuracy": transfer["chat_accuracy"]}
     run.log(scores)
     run.summary.update(scores | {"eval/num_problems": results["num_problems"], "eval/k": results["k"],
                                  "eval/samples": results["samples"]})

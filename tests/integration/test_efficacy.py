@@ -51,3 +51,20 @@ def test_two_arms_under_a_tiny_budget_write_report_plot_and_curves(tmp_path, tin
     assert "| sft | 1 |" in report and "Mixed at least matches" in report
     assert (out / "accuracy.png").stat().st_size > 1000
     assert list(out.glob("wandb/offline-run-*"))
+
+
+def test_each_arm_reports_its_transfer_accuracy_under_both_prompts():
+    """Catches: an arm's eval.transfer results (issue 16) not read from its summary, read under the
+    wrong prompt or time, or missing from the report; and a report without transfer growing an
+    empty table."""
+    efficacy = load_efficacy()
+    summary = {"eval/accuracy_before": 0.1, "eval/transfer_accuracy_before": 0.25, "eval/transfer_accuracy_after": 0.5,
+               "eval/transfer_chat_accuracy_before": 0.125, "eval/transfer_chat_accuracy_after": 0.0,
+               "eval/transfer_source": "builtin"}
+    scores = efficacy.transfer_scores(summary)
+    assert scores == {"train_before": 0.25, "train_after": 0.5, "chat_before": 0.125, "chat_after": 0.0}
+    curves = [efficacy.Curve("sft", (0.0, 1.0), (0.1, 0.2), rounds=1, transfer=scores),
+              efficacy.Curve("dpo", (0.0, 1.0), (0.1, 0.2), rounds=1)]
+    table = efficacy.transfer_table(curves)
+    assert "| sft | 25.0% | 50.0% | 12.5% | 0.0% |" in table and "| dpo | - | - | - | - |" in table
+    assert efficacy.transfer_table(curves[1:]) == []

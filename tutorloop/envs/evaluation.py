@@ -8,8 +8,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from tutorloop.envs.prompts import student_attempt
-from tutorloop.graders import ANSWER_STOP, BOXED_STOP, verify
+from tutorloop.envs.prompts import chat_attempt, student_attempt
+from tutorloop.graders import ANSWER_STOP, BOXED_STOP, verify, verify_last_number
 from tutorloop.types import Problem, SamplingParams
 
 
@@ -90,6 +90,30 @@ async def accuracy_report(generator: Any, problems: Sequence[Problem], label: st
     key = f"eval/accuracy_{label}" if label else "eval/accuracy"
     line = f"{result['accuracy']:.3f} ({result['correct']:.0f}/{result['total']:.0f}, greedy, held-out split)"
     return {key: result["accuracy"]}, f"accuracy {line}"
+
+
+async def chat_accuracy(generator: Any, problems: Sequence[Problem], *, max_new_tokens: int) -> float:
+    """Greedy accuracy under the plain chat prompt that asks for step-by-step reasoning, each reply
+    graded on its last number. No stop pattern: the reply ends where the model ends it."""
+    if not problems:
+        return 0.0
+    outs = await generator.generate([chat_attempt(p) for p in problems],
+                                    SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    return sum(verify_last_number(p, out.text).correct for p, out in zip(problems, outs)) / len(problems)
+
+
+async def transfer_report(env: Any, agents: Any, problems: Sequence[Problem], label: str, *, source: str,
+                          max_new_tokens: int) -> tuple[dict[str, float], str]:
+    """The student on the transfer set under the run's own eval prompt (the env's `evaluate`, renamed
+    `eval/transfer_accuracy_<label>`) and under the chat prompt (`eval/transfer_chat_accuracy_<label>`),
+    and the line that reports both."""
+    train, _ = await env.evaluate(agents, problems, label, max_new_tokens=max_new_tokens)
+    metrics = {key.replace("eval/", "eval/transfer_", 1): value for key, value in train.items()}
+    chat = await chat_accuracy(agents[env.parts["student"]].generator, problems, max_new_tokens=max_new_tokens)
+    metrics[f"eval/transfer_chat_accuracy_{label}"] = chat
+    line = (f"transfer {metrics[f'eval/transfer_accuracy_{label}']:.3f} under the run's prompt, {chat:.3f} under "
+            f"a step-by-step chat prompt ({len(problems)} problems, {source}, greedy)")
+    return metrics, line
 
 
 def stop_regex(problems: Sequence[Problem]) -> str | None:

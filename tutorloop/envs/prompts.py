@@ -38,10 +38,20 @@ FINISH = {"number": "'The answer is N.'", "latex": "your final answer in \\boxed
 
 NO_DIAGNOSIS = "The final answer is wrong; check each step."
 
+CHAT_ASK = "{problem}\n\nPlease reason step by step, and give the final answer at the end."
+"""The transfer set's second prompt: a plain chat request as a user would write it, with no system
+message and no answer format, graded on the reply's last number. A student that learned only the
+training prompt's terse style shows it here (issue 16)."""
+
 
 def student_attempt(problem: Problem) -> Messages:
     system = STUDENT_SYSTEM_LATEX if problem.answer_format == "latex" else STUDENT_SYSTEM
     return ({"role": "system", "content": system}, {"role": "user", "content": problem.prompt})
+
+
+def chat_attempt(problem: Problem) -> Messages:
+    """The problem as one plain user message asking for step-by-step reasoning (`CHAT_ASK`)."""
+    return ({"role": "user", "content": CHAT_ASK.format(problem=problem.prompt)},)
 
 
 def task_prefixed(problem: Problem, task: str) -> Messages:

@@ -1,0 +1,46 @@
+"""eval.transfer through the real loop on tiny models (issue 16): the summary, summary.json and the
+console carry the transfer set's accuracy before and after training under both prompts."""
+
+import asyncio
+import json
+
+import pytest
+from conftest import write_ones_and_twos
+
+from tutorloop import loop
+from tutorloop.config import validate_config
+
+pytestmark = pytest.mark.integration
+KEYS = {f"eval/transfer_{kind}accuracy_{when}" for kind in ("", "chat_") for when in ("before", "after")}
+
+
+def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path, tiny_answering_lm_dir,
+                                                                        tiny_teacher_dir, capsys):
+    """The student answers "The answer is 1." or "... 2.", the tasks and the transfer set are ones and
+    twos under the same ids (the transfer set keeps to the ids the run leaves alone). Catches: transfer
+    metrics missing from the summary or summary.json under either prompt or at either time, the
+    summary not saying which set was scored, or the console not reporting it."""
+    tasks = write_ones_and_twos(tmp_path, 20)
+    transfer = tmp_path / "transfer.jsonl"  # the same ids (d0..d19) as the tasks, other texts
+    transfer.write_text("".join(json.dumps({"id": f"d{i}", "prompt": f"Problem {i}: what is {i % 2} plus one?",
+                                            "answer": str(i % 2 + 1)}) + "\n" for i in range(20)))
+    agents = {"student": {"model": str(tiny_answering_lm_dir), "sampling": {"max_new_tokens": 10}},
+              "teacher": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}},
+              "mentor": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}}}
+    cfg = validate_config({
+        "name": "transfer", "run_dir": str(tmp_path / "run"), "runtime": {"kind": "local"}, "agents": agents,
+        "tasks": {"source": "jsonl", "path": str(tasks), "num_train": 8, "num_eval": 2},
+        "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                    "objectives": {"sft": 1.0}},
+        "loop": {"rounds": 1, "problems_per_round": 2},
+        "eval": {"max_new_tokens": 10, "transfer": {"source": "jsonl", "path": str(transfer), "num": 6,
+                                                    "max_new_tokens": 10}},
+        "log": {"console": True, "wandb": {"mode": "disabled"}}})
+    summary = asyncio.run(loop.run(cfg))
+    assert KEYS <= summary.keys() and all(0.0 <= summary[k] <= 1.0 for k in KEYS)
+    assert summary["eval/transfer_source"] == f"jsonl:{transfer}"
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {k: on_disk[k] for k in KEYS} == {k: summary[k] for k in KEYS}
+    out = capsys.readouterr().out
+    assert "eval.transfer: 6 problems from jsonl:" in out and "(10 left out" in out
+    assert "eval before training: transfer" in out and "eval after training: transfer" in out
