@@ -141,7 +141,7 @@ def answer_split(problem: Problem, text: str) -> tuple[str, str]:
         start = text.rfind("\\boxed")
         return (text[:start] if start >= 0 else text.rstrip() + " ") + "\\boxed{", f"{problem.answer}}}"
     phrases = list(_ANSWER_PHRASE.finditer(text))
-    return (text[:phrases[-1].end()] if phrases else text.rstrip() + "\nThe answer is"), f" {problem.answer}"
+    return (text[:phrases[-1].end()].rstrip() if phrases else text.rstrip() + "\nThe answer is"), f" {problem.answer}"
 
 
 def mixed_pg_lessons(episodes: Sequence[Episode], encode: TokenEncoder, verifier: moves.Verifier, *,
