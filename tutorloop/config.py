@@ -16,8 +16,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tutorloop.agent_config import (EMBEDDED_DEFAULT, GENERATOR_KINDS, MODEL_GENERATORS, AgentConfig,
                                     GeneratorConfig, HFGeneratorConfig, OpenAIGeneratorConfig, Resources,
                                     SamplingConfig, ScriptedGeneratorConfig, Strict, VLLMGeneratorConfig)
-from tutorloop.env_config import (ENV_NAMES, CorrectionEnvConfig, DialogueEnvConfig, DistillEnvConfig, EnvConfig,
-                                  FirstErrorEnvConfig, KLMask, RolloutsEnvConfig, TailoredEnvConfig)
+from tutorloop.env_config import (ENV_NAMES, AmpoEnvConfig, CorrectionEnvConfig, DialogueEnvConfig, DistillEnvConfig,
+                                  EnvConfig, FirstErrorEnvConfig, KLMask, RolloutsEnvConfig, TailoredEnvConfig)
 from tutorloop.learner_config import LearnerConfig, LoraConfig, TrainerConfig
 from tutorloop.errors import UserError
 from tutorloop import objectives as objective_registry
@@ -375,7 +375,7 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-__all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "CorrectionEnvConfig", "LearnerConfig", "LoraConfig", "TrainerConfig",
+__all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "AmpoEnvConfig", "CorrectionEnvConfig", "LearnerConfig", "LoraConfig", "TrainerConfig",
            "DialogueEnvConfig", "DistillEnvConfig", "EnvConfig", "FirstErrorEnvConfig", "KLMask", "RolloutsEnvConfig",
            "TailoredEnvConfig", "TransferConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",

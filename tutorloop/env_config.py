@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tutorloop.agent_config import Strict
 
@@ -132,6 +132,49 @@ class RolloutsEnvConfig(EnvConfigBase):
         return {"student": self.student} | ({"teacher": self.teacher} if self.teacher else {})
 
 
+class AmpoEnvConfig(EnvConfigBase):
+    name: Literal["ampo"] = "ampo"
+    """AMPO (METHODS C3): G student samples; a group that all fail gets the k teacher solutions the
+    student comprehends best in place of k failed samples, trained off-policy (`envs/ampo.py`)."""
+    student: str = "student"
+    """The agent that samples: the one the trainer updates (and whose comprehension ranks the solutions)."""
+    teachers: tuple[str, ...] = Field(("teacher",), min_length=1)
+    """The agents that write guidance; parts `teacher`, `teacher_2`, ... (AMPO's several peer teachers)."""
+    group_size: int = Field(8, ge=2, le=256)
+    """G: student samples per problem (AMPO's n = 8)."""
+    samples: int = Field(2, ge=1, le=64)
+    """Solutions each teacher samples, in one call, for a problem whose group all failed; K is
+    `samples` x the number of teachers, of which the verified ones are candidates."""
+    temperature: float = Field(0.7, gt=0.0, le=5.0)
+    """The teachers' sampling temperature (AMPO's solutions are precomputed; ours are sampled)."""
+    privileged: bool = True
+    """The teachers solve with the reference solution in their context (`prompts.privileged`): the
+    embedded teacher's only edge over a student of its own size. false: the bare prompt."""
+    num_guidance: int = Field(2, ge=1, le=64)
+    """k (AMPO's `num_off_policy_targets` = 2): how many candidates replace failed samples."""
+    norm_adv_by_std: bool = False
+    """Divide the group advantages r - mean(r) by std(r) + eps (GRPO); AMPO does not
+    (`norm_adv_by_std_in_grpo=False`)."""
+
+    @model_validator(mode="after")
+    def _room_for_guidance(self) -> AmpoEnvConfig:
+        if self.num_guidance >= self.group_size:
+            raise ValueError(f"num_guidance: {self.num_guidance} must be below group_size ({self.group_size}), "
+                             "so the mixed group keeps a failed sample to compare the guidance with")
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ValueError(f"teachers: each agent at most once (got {list(self.teachers)})")
+        return self
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student} | {teacher_part(i): t for i, t in enumerate(self.teachers)}
+
+
+def teacher_part(i: int) -> str:
+    """The part of the i-th guidance teacher: `teacher` (as other envs name it), then `teacher_2`, ..."""
+    return "teacher" if i == 0 else f"teacher_{i + 1}"
+
+
 class DistillEnvConfig(EnvConfigBase):
     name: Literal["distill"] = "distill"
     """A teacher's verified demonstrations (Fine-tune-CoT) and its scores of the student's samples or
@@ -204,7 +247,7 @@ class FirstErrorEnvConfig(EnvConfigBase):
 
 
 ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig,
-               FirstErrorEnvConfig)
+               FirstErrorEnvConfig, AmpoEnvConfig)
 EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig
-                      | TailoredEnvConfig | FirstErrorEnvConfig, Field(discriminator="name")]
+                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig, Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

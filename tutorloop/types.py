@@ -142,4 +142,7 @@ class Lesson:
     """The teacher's scores of each target token under its own context."""
     advantage: float | None = None
     """Sequence advantage for policy-gradient objectives."""
+    off_policy: bool = False
+    """Policy-gradient lessons: no policy sampled the target (a teacher's solution in the group,
+    AMPO), so it has no behaviour log-probs; `pg` trains it with the shaped term of METHODS F7."""
     provenance: str = ""

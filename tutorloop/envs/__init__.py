@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tutorloop.config import RunConfig
+from tutorloop.envs.ampo import AmpoEnv
 from tutorloop.envs.correction import CorrectionEnv
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.distill import DistillEnv
@@ -18,7 +19,8 @@ from tutorloop.envs.rollouts import RolloutsEnv
 from tutorloop.envs.tailored import TailoredEnv
 
 ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv,
-                        "distill": DistillEnv, "tailored": TailoredEnv, "first_error": FirstErrorEnv}
+                        "distill": DistillEnv, "tailored": TailoredEnv, "first_error": FirstErrorEnv,
+                        "ampo": AmpoEnv}
 """`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
 
 
@@ -26,5 +28,5 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "RolloutsEnv", "TailoredEnv",
+__all__ = ["ENVS", "AmpoEnv", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "RolloutsEnv", "TailoredEnv",
            "build_env"]

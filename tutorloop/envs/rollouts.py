@@ -99,11 +99,12 @@ class RolloutsEnv(SolvesBareProblems):
         return replace(turn, teacher_scores=await moves.score(teacher, problem, turn, self.top_k))
 
 
-def group_advantages(episode: Episode) -> tuple[float, ...]:
-    """(r_i - mean(r)) / (std(r) + eps) over the episode's group, r_i the verifier's reward of sample i."""
+def group_advantages(episode: Episode, *, scale_by_std: bool = True) -> tuple[float, ...]:
+    """(r_i - mean(r)) / (std(r) + eps) over the episode's group, r_i the verifier's reward of sample i;
+    without `scale_by_std`, r_i - mean(r) (Dr. GRPO, AMPO)."""
     rewards = [float(bool(t.correct)) for t in episode.turns]
     mean, std = _mean_std(rewards)
-    return tuple((r - mean) / (std + EPS) for r in rewards)
+    return tuple((r - mean) / (std + EPS) if scale_by_std else r - mean for r in rewards)
 
 
 def pg_lessons(episodes: Sequence[Episode], encode: TokenEncoder) -> list[Lesson]:

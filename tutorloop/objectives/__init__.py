@@ -109,6 +109,9 @@ class PGParams(OPDPGParams):
     """Coefficient of the per-token KL estimate to the reference policy; 0 reads no reference."""
     kl_estimator: Literal["k2", "k3"] = "k3"
     """Per-token KL(pi_theta || pi_ref) estimator (METHODS F6; Schulman's k2, k3)."""
+    shaping_gamma: float = Field(0.1, gt=0.0, allow_inf_nan=False)
+    """gamma of f(p) = p / (p + gamma), the shaped term that trains off-policy lessons (teacher
+    guidance, no behaviour log-probs) instead of the clipped ratio (METHODS F7; AMPO's 0.1)."""
 
     @property
     def uses_reference(self) -> bool:
@@ -134,6 +137,8 @@ class TokenInputs:
     teacher_topk_logp_B_T_K: Tensor | None = None
     behavior_logp_B_T: Tensor | None = None
     advantage_B: Tensor | None = None
+    off_policy_B: Tensor | None = None
+    """Rows whose target no policy sampled (`Lesson.off_policy`); read with `advantage_B`."""
     ref_logp_B_T: Tensor | None = None
 
 
@@ -272,13 +277,21 @@ def _opd_pg(x: TokenInputs, p: OPDPGParams) -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def _pg(x: TokenInputs, p: PGParams) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO's clipped surrogate (F5) on the policy's own samples; an off-policy lesson's tokens take
+    the shaped term of F7 instead, in the same token sum (one token-mean over both, as AMPO's)."""
     from tutorloop.objectives import pg_losses
 
     assert x.behavior_logp_B_T is not None and x.advantage_B is not None
     advantage_B_T = x.advantage_B.unsqueeze(-1).expand_as(x.logp_B_T)
-    loss, clipped = pg_losses.clipped_pg_sum(x.logp_B_T, x.behavior_logp_B_T, advantage_B_T, x.mask_B_T,
+    off_B_1 = None if x.off_policy_B is None else x.off_policy_B.unsqueeze(-1)
+    on_mask_B_T = x.mask_B_T if off_B_1 is None else x.mask_B_T * ~off_B_1
+    loss, clipped = pg_losses.clipped_pg_sum(x.logp_B_T, x.behavior_logp_B_T, advantage_B_T, on_mask_B_T,
                                              clip_low=p.clip_low, clip_high=p.clip_high)
     metrics = {"clipped_tokens": clipped}
+    if off_B_1 is not None and bool(off_B_1.any()):
+        off_mask_B_T = x.mask_B_T * off_B_1
+        loss = loss + pg_losses.shaped_off_policy_pg_sum(x.logp_B_T, advantage_B_T, off_mask_B_T, gamma=p.shaping_gamma)
+        metrics["off_policy_tokens"] = (off_mask_B_T != 0).sum().detach()
     if p.kl_coef > 0:
         assert x.ref_logp_B_T is not None
         kl = pg_losses.kl_estimate_sum(x.logp_B_T, x.ref_logp_B_T, x.mask_B_T, estimator=p.kl_estimator)

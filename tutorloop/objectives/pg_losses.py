@@ -1,5 +1,6 @@
 """Policy-gradient losses on the policy's own samples: the PPO-clip surrogate (F5), on-policy
-distillation with the teacher's log-ratio as advantage (F6), and per-token KL estimates (k2, k3).
+distillation with the teacher's log-ratio as advantage (F6), and per-token KL estimates (k2, k3);
+and on tokens it did not sample (teacher guidance in the group, F7), the shaped off-policy term.
 
 Pure functions on [B, T] tensors of sampled-token log-probs; they return SUMS over masked tokens
 and the trainer divides by the step's global token count ("token-mean", METHODS §4.6). Equation
@@ -40,6 +41,27 @@ def clipped_pg_sum(logp_B_T: Tensor, behavior_logp_B_T: Tensor, advantage_B_T: T
     weight_B_T = mask_B_T.to(loss_B_T.dtype)
     clipped_count = ((clipped_B_T > unclipped_B_T) & keep_B_T).sum().detach()
     return (loss_B_T * weight_B_T).sum(), clipped_count
+
+
+def shaped_off_policy_pg_sum(logp_B_T: Tensor, advantage_B_T: Tensor, mask_B_T: Tensor, *,
+                              gamma: float) -> Tensor:
+    """The off-policy term of mixed on/off-policy GRPO (METHODS F7; AMPO and LUFFY's
+    `off_policy_reshape="p_div_p_0.1"`), for tokens no policy sampled (teacher guidance):
+
+        p_t    = pi_theta(y_t) = exp(log pi_theta(y_t))          (with gradient)
+        loss_t = -A_t f(p_t),   f(p) = p / (p + gamma)
+        loss   = sum_t m_t loss_t
+
+    No ratio (there is no behaviour policy) and no clip. d loss_t / d log pi_theta(y_t) =
+    -A_t gamma p_t / (p_t + gamma)^2, the unshaped -A_t p_t's gradient times gamma / (p_t + gamma)^2:
+    up to 1/gamma on tokens the policy finds unlikely, less on likely ones (LUFFY's "policy
+    shaping", Yan et al. 2025), so the teacher's rare tokens are not drowned out.
+    """
+    keep_B_T = mask_B_T != 0
+    p_B_T = torch.exp(_finite_where(keep_B_T, logp_B_T))
+    advantage_B_T = _finite_where(keep_B_T, advantage_B_T).detach()
+    loss_B_T = -advantage_B_T * p_B_T / (p_B_T + gamma)
+    return (loss_B_T * mask_B_T.to(loss_B_T.dtype)).sum()
 
 
 def opd_pg_sum(logp_B_T: Tensor, behavior_logp_B_T: Tensor, teacher_logp_B_T: Tensor, mask_B_T: Tensor, *,

@@ -54,6 +54,8 @@ def lesson_tensors(examples: Sequence[Lesson], lengths: Sequence[int], width: in
         out.setdefault(name, np.zeros((len(examples), width), np.float32))
     for i, (e, n) in enumerate(zip(examples, lengths, strict=True)):
         for name, read in fields.items():
+            if name == "behavior_logp_B_T" and e.off_policy:
+                continue  # no policy sampled it: zeros, which the off-policy term never reads
             values = read(e)
             if name.endswith("_K") and not values:
                 continue  # scored without top-k: every slot stays padding
@@ -64,6 +66,7 @@ def lesson_tensors(examples: Sequence[Lesson], lengths: Sequence[int], width: in
         if any(e.advantage is None for e in examples):
             raise ValueError("a policy-gradient lesson has no advantage")
         out["advantage_B"] = np.asarray([e.advantage for e in examples], np.float32)
+        out["off_policy_B"] = np.asarray([e.off_policy for e in examples], np.bool_)
     return {name: torch.from_numpy(array).to(device) for name, array in out.items()}
 
 
