@@ -48,16 +48,18 @@ def test_stage_two_serves_stage_ones_saved_mentor_frozen_and_trains_the_student_
     tasks = f"tasks={{source: jsonl, path: {write_ones_and_twos(tmp_path, 20)}, num_train: 16, num_eval: 2}}"
     stage1 = load_config(METHODS / "mentor_kd_stage1.yaml", [
         f"run_dir={tmp_path / 'stage1'}", f"agents.mentor.model={tiny_answering_lm_dir}",
-        f"agents.teacher.model={tiny_answering_lm_dir}", "agents.teacher.sampling.max_new_tokens=12",
-        "env.samples=2", tasks, "trainer.lr=0.05", *TINY])
+        f"agents.teacher.model={tiny_answering_lm_dir}", "agents.teacher.sampling.max_new_tokens=20",
+        "env.samples=4", tasks, "trainer.lr=0.05", *TINY])
     asyncio.run(loop.run(stage1))
+    (first,) = [json.loads(line) for line in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert first["lessons/sft"] > 0  # the mentor trained: its adapter is not the base model
     adapter = tmp_path / "stage1" / "mentor"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
 
     stage2 = load_config(METHODS / "mentor_kd.yaml", [
         f"run_dir={tmp_path / 'stage2'}", f"agents.student.model={tiny_lm_dir}",
         f"agents.mentor.model={tiny_answering_lm_dir}", f"agents.mentor.adapter={adapter}", "agents.mentor.dtype=float32",
-        "agents.mentor.sampling.max_new_tokens=12", "env.samples=2", tasks, "trainer.lr=0.01",
+        "agents.mentor.sampling.max_new_tokens=20", "env.samples=2", tasks, "trainer.lr=0.01",
         "trainer.objectives={sft: 0.7, kd: {weight: 0.3, beta: 0.0, temperature: 2.0, top_k: 4}}", *TINY])
     asyncio.run(loop.run(stage2))
     (row,) = [json.loads(line) for line in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
