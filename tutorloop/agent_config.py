@@ -98,6 +98,10 @@ class AgentConfig(Strict):
     model: str = EMBEDDED_DEFAULT
     """A local checkpoint directory, a hub id already in the local HF cache, or `embedded:<name>`;
     for `openai`, the model name the endpoint serves."""
+    adapter: str | None = None
+    """A saved peft adapter directory loaded over `model` and kept frozen: what an earlier run saved
+    for its learner (`<run_dir>/<learner>` under LoRA), e.g. Mentor-KD's mentor from stage 1. Only
+    for an hf or vllm agent that no learner trains (a learner starts from `model`). null: none."""
     generator: GeneratorConfig = HFGeneratorConfig()
     """Backend and its own settings, by `kind`: `hf`, `vllm`, `openai` or `scripted`; a bare
     `generator: vllm` means `{kind: vllm}` with that backend's defaults."""
@@ -132,6 +136,9 @@ class AgentConfig(Strict):
     def _endpoint_needs_a_name(self) -> AgentConfig:
         if self.generator.kind == "openai" and self.model.startswith("embedded:"):
             raise ValueError("an `openai` generator needs `model`: the model name the endpoint serves")
+        if self.adapter is not None and self.generator.kind not in MODEL_GENERATORS:
+            raise ValueError(f"adapter: loads over local weights, which a `{self.generator.kind}` generator has not "
+                             "(use hf or vllm)")
         return self
 
     @property

@@ -269,6 +269,9 @@ class RunConfig(Strict):
             kind = self.agents[spec.agent].generator.kind
             if kind not in MODEL_GENERATORS:  # no weights here to train
                 raise ValueError(f"agents.{spec.agent}: the trained agent needs a model generator (hf or vllm), not `{kind}`")
+            if self.agents[spec.agent].adapter is not None:  # its trainer would start from `model`, not the adapter
+                raise ValueError(f"agents.{spec.agent}.adapter: only a frozen agent loads a saved adapter, and "
+                                 f"{where} trains this one; give the adapter to an agent no learner trains")
             parts = [p for p, a in self.env.parts().items() if a == spec.agent and p in learnable]
             if not parts:
                 raise ValueError(f"{where}: agent '{spec.agent}' plays no part env '{self.env.name}' makes lessons for "

@@ -204,6 +204,21 @@ class DistillEnvConfig(EnvConfigBase):
     label_weight: float = Field(0.5, ge=0.0, le=1.0)
     """α: the label lessons' weight; the rationale lessons get 1 − α (the paper's code recommends 0.5).
     Read only with `step_by_step`."""
+    score_demonstrations: bool = False
+    """Mentor-KD's soft labels (METHODS A3): the teacher also scores each of its verified
+    demonstrations as the student's SFT target (the student's ids, under its bare prompt), and these
+    scores are the student's `kd` lessons, on the very targets of its `sft` ones; the λ gate is off.
+    false: the gated sequence is scored (GKD). Read only when the student has a `kd` objective."""
+
+    @model_validator(mode="after")
+    def _scored_demonstrations_exist(self) -> DistillEnvConfig:
+        if self.score_demonstrations and not self.samples:
+            raise ValueError("score_demonstrations: the teacher scores its verified demonstrations, and env.samples "
+                             "is 0; set env.samples >= 1")
+        if self.score_demonstrations and self.step_by_step:
+            raise ValueError("score_demonstrations: its kd lessons share the plain demonstrations' targets, which "
+                             "step_by_step splits into label and rationale tasks; set one of them false")
+        return self
 
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""

@@ -126,6 +126,24 @@ def model_vocab(name: str, *, field: str, trust_remote_code: bool = False) -> Mo
                       width=width if isinstance(width, int) else None)
 
 
+def check_adapter(name: str, *, field: str) -> Path:
+    """A saved peft adapter directory (`agents.<name>.adapter`), after failing fast, with `field` in
+    the one-line message, on what peft would trip over later: no directory (the run that saves it
+    has not run), a full model instead of an adapter, or weights that are not safetensors."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{field}: no saved adapter at '{name}'; a run writes it for its learner at its end "
+                        "(<run_dir>/<learner>): run that config first (configs/methods/mentor_kd.yaml's mentor "
+                        "comes from configs/methods/mentor_kd_stage1.yaml)")
+    if not (path / "adapter_config.json").exists():
+        full = " (it is a full model: give it as the agent's `model` instead)" if (path / "config.json").exists() else ""
+        raise UserError(f"{field}: '{name}' holds no adapter_config.json{full}")
+    if not (path / "adapter_model.safetensors").exists():  # peft would fall back to a pickle file
+        raise UserError(f"{field}: '{name}' holds no adapter_model.safetensors; tutorloop loads weights only "
+                        "from safetensors")
+    return path
+
+
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False, field: str = "model") -> Any:
     from transformers import AutoTokenizer
 

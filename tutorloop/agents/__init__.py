@@ -12,7 +12,7 @@ from tutorloop.agents.protocol import AgentHandle, Generator
 from tutorloop.config import MODEL_GENERATORS, AgentConfig, RunConfig
 from tutorloop.errors import UserError
 from tutorloop.generators import generator_class
-from tutorloop.models import ModelVocab, model_vocab
+from tutorloop.models import ModelVocab, check_adapter, model_vocab
 from tutorloop import objectives as objective_registry
 from tutorloop.types import SamplingParams
 
@@ -30,7 +30,7 @@ def build_agents(runtime: Any, agents: Mapping[str, AgentConfig], *, trained: Ma
     shared: dict[str, Generator] = {}
     for name in (n for n in names if n not in trained):
         spec = agents[name]
-        key = spec.model_dump_json(include={"generator", "model", "dtype"})
+        key = spec.model_dump_json(include={"generator", "model", "adapter", "dtype"})
         if key not in shared:
             shared[key] = spawn_generator(runtime, spec, seed + 1)
         handles[name] = Agent(name, shared[key], sampling(spec))
@@ -48,19 +48,21 @@ def spawn_generator(runtime: Any, spec: AgentConfig, seed: int, *, lora: dict[st
                              api_key_env=gen.api_key_env, max_batch_size=gen.max_batch_size, seed=seed)
     engine = gen.model_dump(include={"tensor_parallel", "gpu_memory_utilization", "sleep_mode"}) if gen.kind == "vllm" else {}
     return runtime.spawn(cls, spec.model, resources=spec.resources, dtype=spec.dtype,
-                         max_batch_size=gen.max_batch_size, lora=lora, adapter=adapter, seed=seed,
+                         max_batch_size=gen.max_batch_size, lora=lora, adapter=adapter or spec.adapter, seed=seed,
                          trust_remote_code=gen.trust_remote_code, **engine)
 
 
 def check_models(cfg: RunConfig, names: Sequence[str]) -> None:
-    """Fail fast, naming the config key, on a local model an agent could not load, and on OPD between
-    different tokenizers or logits of different widths: the teacher scores the student's own token
-    ids, which must mean the same, and its top-k ids index the student's logits."""
+    """Fail fast, naming the config key, on a local model or saved adapter an agent could not load,
+    and on OPD between different tokenizers or logits of different widths: the teacher scores the
+    student's own token ids, which must mean the same, and its top-k ids index the student's logits."""
     vocabs: dict[str, ModelVocab] = {}
     for name in names:
         spec = cfg.agents[name]
         if spec.generator.kind in MODEL_GENERATORS:  # the others have no weights here (scripted, an endpoint)
             vocabs[name] = model_vocab(spec.model, field=f"agents.{name}.model", trust_remote_code=spec.trust_remote_code)
+        if spec.adapter is not None:
+            check_adapter(spec.adapter, field=f"agents.{name}.adapter")
     parts = cfg.env.parts()
     s, t = parts.get("student"), parts.get("teacher")
     learner = cfg.learner_of(s) if s else None

@@ -22,10 +22,17 @@ verified demonstrations become two tasks told apart by a prefix, "[label] <probl
 line (weight α = `label_weight`) and "[rationale] <problem>" → the rationale (weight 1 − α)
 (`to_examples.step_by_step_lessons`); the student is evaluated on the label prompt only, so the
 rationales cost nothing at test time.
+
+Mentor-KD (Lee, Kim, Lee, EMNLP 2024; METHODS A3), `score_demonstrations`: the teacher part is played
+by a mentor (a frozen model an earlier run trained, `agents.<name>.adapter`); each of its verified
+demonstrations is encoded once as the student's target, and the mentor scores that target under the
+student's prompt (`_soft_labels`): the student's `kd` lessons are soft labels on exactly the targets
+of its `sft` lessons (`to_examples.soft_label_lessons`), in place of GKD's gated sequence.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -36,9 +43,9 @@ from tutorloop.envs import moves, prompts
 from tutorloop.envs.correction import reply_counts
 from tutorloop.envs.evaluation import SolvesBareProblems, accuracy_report
 from tutorloop.envs.learning import learner_kwargs, learning_parts
-from tutorloop.envs.to_examples import demonstration_lessons, gkd_lessons, step_by_step_lessons
+from tutorloop.envs.to_examples import demonstration_lessons, gkd_lessons, soft_label_lessons, step_by_step_lessons
 from tutorloop.errors import UserError
-from tutorloop.graders import verify
+from tutorloop.graders import undecodable, verify
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Episode, Lesson, Problem, StopReason, Turn
 
@@ -61,10 +68,11 @@ class DistillEnv(SolvesBareProblems):
                  on_policy_fraction: float = 0.5, privileged: bool = True, score_top_k: int = 0,
                  objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
                  encode: TokenEncoder | None = None, learner: str = "student", seed: int = 0,
-                 step_by_step: bool = False, label_weight: float = 0.5) -> None:
+                 step_by_step: bool = False, label_weight: float = 0.5, score_demonstrations: bool = False) -> None:
         """parts: student, teacher → agent names. samples, temperature: D and T of the demonstrations.
-        score_top_k > 0: the gated sequence is scored with that many top-k log-probs (kd lessons);
-        0: none is. encode: the student's tokenizer (targets, and the reference's ids for scoring).
+        score_top_k > 0: the gated sequence (score_demonstrations: each verified demonstration,
+        and no gate) is scored with that many top-k log-probs (kd lessons); 0: none is. encode: the
+        student's tokenizer (targets, and the reference's ids for scoring).
         step_by_step: label and rationale lessons (α = label_weight), evaluated on the label prompt."""
         self.parts = dict(parts or {"student": "student", "teacher": "teacher"})
         self.samples, self.temperature, self.on_policy_fraction = samples, temperature, on_policy_fraction
@@ -72,6 +80,7 @@ class DistillEnv(SolvesBareProblems):
         self.verifier = verifier
         self.encode, self.learner, self.seed = encode, learner, seed
         self.step_by_step, self.label_weight = step_by_step, label_weight
+        self.score_demonstrations = score_demonstrations
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DistillEnv:
@@ -84,7 +93,8 @@ class DistillEnv(SolvesBareProblems):
         return cls(env.parts(), samples=env.samples, temperature=env.temperature,
                    on_policy_fraction=env.on_policy_fraction, privileged=env.privileged,
                    score_top_k=student.top_k if student and "kd" in student.objectives else 0,
-                   **learner_kwargs(cfg, "student"), seed=cfg.seed, step_by_step=env.step_by_step, label_weight=env.label_weight)
+                   **learner_kwargs(cfg, "student"), seed=cfg.seed, step_by_step=env.step_by_step, label_weight=env.label_weight,
+                   score_demonstrations=env.score_demonstrations)
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
         teacher = agents[self.parts["teacher"]]
@@ -92,7 +102,9 @@ class DistillEnv(SolvesBareProblems):
         if self.samples:
             turns += await moves.demonstrations(teacher, problem, self.samples, temperature=self.temperature,
                                                 privileged=self.privileged, verifier=self.verifier)
-        if self.score_top_k and self.encode is not None:
+        if self.score_top_k and self.encode is not None and self.score_demonstrations:
+            turns += await self._soft_labels(problem, teacher, turns)
+        elif self.score_top_k and self.encode is not None:
             gated = await self._gated(problem, agents[self.parts["student"]], teacher)
             turns += [gated] if gated else []
         solved = any(t.correct for t in turns if t.role in ("teacher", "student"))
@@ -100,13 +112,16 @@ class DistillEnv(SolvesBareProblems):
                        stop=StopReason.SOLVED if solved else StopReason.MAX_ROUNDS)
 
     def lessons(self, episodes: Sequence[Episode]) -> list[Lesson]:
-        """SFT on verified demonstrations; kd on the gated sequences the teacher scored."""
+        """SFT on verified demonstrations; kd on the gated sequences the teacher scored, or on the
+        verified demonstrations it scored (`score_demonstrations`)."""
         if not self.objectives & {"sft", "kd"}:
             return []
         assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
         episodes = list(episodes)
         out = self._demonstration_lessons(episodes) if "sft" in self.objectives else []
-        out += gkd_lessons(episodes, self.encode) if "kd" in self.objectives else []
+        if "kd" in self.objectives:
+            out += (soft_label_lessons(episodes, self.verifier, self.encode) if self.score_demonstrations
+                    else gkd_lessons(episodes, self.encode))
         return [replace(x, learner=self.learner) for x in out]
 
     def _demonstration_lessons(self, episodes: list[Episode]) -> list[Lesson]:
@@ -139,6 +154,18 @@ class DistillEnv(SolvesBareProblems):
             out["distill/teacher_logprob_mean"] = sum(scored) / len(scored)
         return out | reply_counts(episodes)
 
+    async def _soft_labels(self, problem: Problem, teacher: AgentHandle, demonstrations: Sequence[Turn]) -> list[Turn]:
+        """Mentor-KD's soft labels: each verified demonstration as the student's target (its text
+        encoded once in the student's ids, ending with EOS, under the student's bare prompt, as its
+        SFT lesson has it), scored by the teacher that wrote it, all in one batch."""
+        assert self.encode is not None
+        prompt = prompts.student_attempt(problem)
+        kept = [replace(t, kind="soft_label", prompt=prompt, token_ids=self.encode.text(t.text), logprobs=())
+                for t in demonstrations if t.kind == "demonstration" and t.correct and not undecodable(t.text)]
+        scores = await asyncio.gather(*(moves.score(teacher, problem, t, self.score_top_k, privileged=self.privileged)
+                                        for t in kept))
+        return [replace(t, teacher_scores=s) for t, s in zip(kept, scores)]
+
     async def _gated(self, problem: Problem, student: AgentHandle, teacher: AgentHandle) -> Turn | None:
         """The sequence the teacher scores: the student's sample, or the reference solution in the
         student's ids (none when the problem has no reference solution)."""
@@ -161,7 +188,7 @@ KEYS = ("demonstrations", "verified", "gated", "on_policy", "student_correct")
 
 
 def rewards(turns: Sequence[Turn]) -> dict[str, float]:
-    demos = [t for t in turns if t.role == "teacher"]
+    demos = [t for t in turns if t.role == "teacher" and t.kind == "demonstration"]
     student = [t for t in turns if t.role == "student"]
     return {"demonstrations": float(len(demos)), "verified": float(sum(t.correct is True for t in demos)),
             "gated": float(sum(t.role in ("student", "reference") for t in turns)), "on_policy": float(len(student)),

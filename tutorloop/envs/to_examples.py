@@ -2,7 +2,8 @@
 said becomes training data, in the trained model's token ids. Pairs feed `dpo` and `redi`; the
 student's own samples with the teacher's scores feed `kd` (on-policy distillation) and `opd_pg`;
 the tutor's own samples with their dialogue's advantage feed `pg`; a teacher's verified
-demonstrations feed `sft`, and reference solutions the teacher scored feed `kd` (distill env).
+demonstrations feed `sft`, and reference solutions or those same demonstrations the teacher scored
+feed `kd` (distill env).
 
 The rule that matters: no text becomes an SFT target or a DPO "chosen" unless the verifier accepts
 its final answer, checked here again on the exact text that will be trained on. Text that shows
@@ -155,6 +156,18 @@ def gkd_lessons(episodes: Iterable[Episode], encode: TokenEncoder) -> list[Lesso
         elif turn.role == "reference":
             lessons.append(replace(scored_lesson(encode, turn), policy_version=None, provenance="reference"))
     return lessons
+
+
+def soft_label_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder) -> list[Lesson]:
+    """`kd` lessons of Mentor-KD's soft labels (METHODS A3): each verified demonstration its teacher
+    scored as the student's target, on the prompt and target ids of its SFT lesson
+    (`demonstration_lessons`), checked again on its exact text. policy_version None: the student's
+    policy sampled none of it, so the buffer never finds it stale."""
+    return [Lesson("kd", encode.prompt(t.prompt), t.token_ids, teacher=t.teacher_scores, policy_version=None,
+                   provenance=f"teacher:{t.provenance}:soft_label")
+            for e in episodes for t in e.turns
+            if t.kind == "soft_label" and t.teacher_scores and t.token_ids and t.correct
+            and not undecodable(t.text) and verify(e.problem, t.text).correct]
 
 
 def target_ids(encode: TokenEncoder, text: str, turn: Turn) -> tuple[int, ...]:
