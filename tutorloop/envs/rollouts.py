@@ -101,7 +101,11 @@ class RolloutsEnv(SolvesBareProblems):
 
 def group_advantages(episode: Episode) -> tuple[float, ...]:
     """(r_i - mean(r)) / (std(r) + eps) over the episode's group, r_i the verifier's reward of sample i."""
-    rewards = [float(bool(t.correct)) for t in episode.turns]
+    return normalised([float(bool(t.correct)) for t in episode.turns])
+
+
+def normalised(rewards: Sequence[float]) -> tuple[float, ...]:
+    """GRPO's group-relative advantages of any rewards: (r_i - mean(r)) / (std(r) + eps), population std."""
     mean, std = _mean_std(rewards)
     return tuple((r - mean) / (std + EPS) for r in rewards)
 
