@@ -90,6 +90,16 @@ def rlt_reward(solution_logprobs: Sequence[float], teacher_logprobs: Sequence[fl
     return RLTScore(reward=reward, solution_logprob=mean_s, kl=mean_kl, format_ok=format_ok)
 
 
+def episode_rewards(scores: Sequence[RLTScore]) -> dict[str, float]:
+    """Each explanation's reward by its index in the group (`reward_<i>`, which the lessons read) and
+    the group's means (the metrics')."""
+    n = max(len(scores), 1)
+    return {f"reward_{i}": s.reward for i, s in enumerate(scores)} | {
+        "reward_mean": sum(s.reward for s in scores) / n,
+        "solution_logprob": sum(s.solution_logprob for s in scores) / n,
+        "kl": sum(s.kl for s in scores) / n, "format_ok": sum(s.format_ok for s in scores) / n}
+
+
 def teacher_prompt(problem: Problem) -> Messages:
     """The teacher's view: the question and the full reference solution."""
     return ({"role": "system", "content": TEACHER_SYSTEM},
@@ -150,11 +160,7 @@ class RLTEnv(SolvesBareProblems):
                       logprobs=o.logprobs, policy_version=o.policy_version, provenance=teacher.provenance)
                  for o in outs]
         scores = await asyncio.gather(*(self._score(student, problem, turn) for turn in turns))
-        rewards = {f"reward_{i}": s.reward for i, s in enumerate(scores)}
-        n = max(len(scores), 1)
-        return Episode(problem=problem, turns=tuple(turns), stop=StopReason.MAX_ROUNDS, rewards=rewards | {
-            "reward_mean": sum(s.reward for s in scores) / n, "solution_logprob": sum(s.solution_logprob for s in scores) / n,
-            "kl": sum(s.kl for s in scores) / n, "format_ok": sum(s.format_ok for s in scores) / n})
+        return Episode(problem=problem, turns=tuple(turns), stop=StopReason.MAX_ROUNDS, rewards=episode_rewards(scores))
 
     async def _score(self, student: AgentHandle, problem: Problem, turn: Turn) -> RLTScore:
         """The student teacher-forces "<think>" e "</think>\\n" s after its bare prompt; e is the
