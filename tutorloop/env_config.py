@@ -261,8 +261,43 @@ class FirstErrorEnvConfig(EnvConfigBase):
         return {"student": self.student, "teacher": self.teacher}
 
 
+class RLTEnvConfig(EnvConfigBase):
+    name: Literal["rlt"] = "rlt"
+    """RLT (METHODS D1): the teacher sees the problem and its solution and writes an explanation; a
+    frozen student's likelihood of the solution after it is the teacher's reward (`envs/rlt.py`)."""
+    teacher: str = "teacher"
+    """The agent that explains: the one the trainer updates."""
+    student: str = "student"
+    """The frozen agent that scores the solution given the explanation (same tokenizer as the teacher)."""
+    group_size: int = Field(4, ge=1, le=256)
+    """G: explanations sampled per problem in one call; the advantages are normalised within the group."""
+    solution_coef: float = Field(1.0, allow_inf_nan=False)
+    """Weight of mean_t log pi_S(s_t | q, e, s_<t) in the reward."""
+    solution_min_coef: float = Field(0.01, allow_inf_nan=False)
+    """Weight of min_t log pi_S(s_t | q, e, s_<t): the solution's least likely token."""
+    kl_coef: float = Field(3.0, allow_inf_nan=False)
+    """Weight of the penalty mean_t KL_t, KL_t = log pi_T(e_t | q, s, e_<t) - log pi_S(e_t | q, e_<t)."""
+    kl_max_coef: float = Field(0.03, allow_inf_nan=False)
+    """Weight of the penalty max_t KL_t."""
+    format_penalty: float = Field(-1.0, allow_inf_nan=False)
+    """Added to the reward of an explanation without both think tags."""
+
+    trained_part: ClassVar[str] = "teacher"
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"teacher": self.teacher, "student": self.student}
+
+    @model_validator(mode="after")
+    def _student_is_another_agent(self) -> RLTEnvConfig:
+        if self.student == self.teacher:
+            raise ValueError(f"env.student: must be another agent than env.teacher ('{self.teacher}'), "
+                             "which learns; the student stays frozen")
+        return self
+
+
 ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig,
-               FirstErrorEnvConfig, AmpoEnvConfig)
+               FirstErrorEnvConfig, AmpoEnvConfig, RLTEnvConfig)
 EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig
-                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig, Field(discriminator="name")]
+                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig | RLTEnvConfig, Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

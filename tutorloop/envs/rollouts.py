@@ -102,7 +102,12 @@ class RolloutsEnv(SolvesBareProblems):
 def group_advantages(episode: Episode, *, scale_by_std: bool = True) -> tuple[float, ...]:
     """(r_i - mean(r)) / (std(r) + eps) over the episode's group, r_i the verifier's reward of sample i;
     without `scale_by_std`, r_i - mean(r) (Dr. GRPO, AMPO)."""
-    rewards = [float(bool(t.correct)) for t in episode.turns]
+    return normalised([float(bool(t.correct)) for t in episode.turns], scale_by_std=scale_by_std)
+
+
+def normalised(rewards: Sequence[float], *, scale_by_std: bool = True) -> tuple[float, ...]:
+    """GRPO's group-relative advantages of any rewards: (r_i - mean(r)) / (std(r) + eps), population std;
+    without `scale_by_std`, r_i - mean(r)."""
     mean, std = _mean_std(rewards)
     return tuple((r - mean) / (std + EPS) if scale_by_std else r - mean for r in rewards)
 
