@@ -22,7 +22,7 @@ PARAMS = SamplingParams()
 
 def test_every_method_has_a_config():
     assert {p.stem for p in METHODS.glob("*.yaml")} >= {"redi", "fine_tune_cot", "gkd", "tutor_rl", "co_training",
-                                                     "distill_step_by_step", "tailored_learning", "supercorrect", "kdrl"}
+                                                     "distill_step_by_step", "tailored_learning", "supercorrect", "kdrl", "mapd"}
 
 
 # --- REDI ----------------------------------------------------------------------------------------
