@@ -109,11 +109,11 @@ class PeerReviewEnv(SolvesBareProblems):
         self.accept_above, self.critique_weight, self.privileged = accept_above, critique_weight, privileged
         self.critique_hint, self.verify_rationales, self.max_reply_chars = critique_hint, verify_rationales, max_reply_chars
         self.objectives, self.verifier, self.encode, self.learner, self.seed = objectives, verifier, encode, learner, seed
+        # The console's per-round table as (title, metric key, format): one acceptance column per teacher.
         self.columns = (("round", "round", "{:.0f}"), ("exam", "mapd/exam_accuracy", "{:.2f}"),
                         ("accepted", "mapd/accept_rate", "{:.2f}"), ("taught", "mapd/taught_rate", "{:.2f}"),
                         *((f"acc {self.parts[p]}", f"mapd/accept_rate/{self.parts[p]}", "{:.2f}") for p in self.teachers),
                         ("sft", "loss/sft", "{:.3f}"), ("s", "round/seconds", "{:.1f}"))
-        """The console's per-round table as (title, metric key, format): one acceptance column per teacher."""
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> PeerReviewEnv:
