@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tutorloop.agent_config import Strict
 
@@ -296,8 +296,52 @@ class RLTEnvConfig(EnvConfigBase):
         return self
 
 
+class PeerReviewEnvConfig(EnvConfigBase):
+    name: Literal["peer_review"] = "peer_review"
+    """MAPD / FAIR (METHODS B2): the student's wrong items go to a committee of teachers; each writes
+    feedback on the mistakes and a rationale of its own, the others score each rationale 1-5, and
+    one feedback and one accepted rationale become a critique and a solve lesson (`envs/peer_review.py`)."""
+    student: str = "student"
+    """The agent that answers the training questions: the one the trainer updates."""
+    teachers: tuple[str, ...] = Field(("teacher_a", "teacher_b", "teacher_c"), min_length=2, max_length=8)
+    """The committee, by agent name: each writes feedback and a rationale and reviews the others'
+    rationales (the paper's three: GPT-3.5-Turbo, Gemini-1.0-Pro, Mixtral-8x7B)."""
+    accept_above: float = Field(3.0, ge=0.0, le=5.0)
+    """A rationale is accepted when the mean of its valid peer scores (1-5) is strictly above this
+    (the paper's code: > 3, i.e. about 4 points); one with no valid score is rejected."""
+    critique_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """α: the critique lesson's weight; the solve lesson gets 1 − α (the paper's alpha = 0.5). A
+    lesson of weight 0 is not made."""
+    privileged: bool = True
+    """Teachers write their rationale with the reference solution in context (the embedded teachers'
+    only edge over the student). false: the bare question, as the paper's API teachers got it."""
+    critique_hint: bool = True
+    """The critique lesson's input ends with the hint line "The correct answer should be N." as in the
+    paper's code (data.py); false: question and student answer only, as the paper's text says."""
+    verify_rationales: bool = False
+    """Also require the verifier to accept an accepted rationale's final answer. false: peer review
+    alone decides, as in the paper."""
+    max_reply_chars: int = Field(4000, ge=16)
+    """Teacher replies are cut to this many characters before anyone reads them (counted as
+    `episodes/truncated_replies`)."""
+
+    @field_validator("teachers")
+    @classmethod
+    def _a_committee(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a teacher twice ({list(value)}): a rationale's reviewers are the other teachers")
+        if info.data.get("student") in value:
+            raise ValueError(f"names the student '{info.data['student']}'; the committee is the other agents")
+        return value
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it: the student, and teacher1..N in committee order."""
+        return {"student": self.student} | {f"teacher{i}": name for i, name in enumerate(self.teachers, 1)}
+
+
 ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig,
-               FirstErrorEnvConfig, AmpoEnvConfig, RLTEnvConfig)
+               FirstErrorEnvConfig, AmpoEnvConfig, RLTEnvConfig, PeerReviewEnvConfig)
 EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig
-                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig | RLTEnvConfig, Field(discriminator="name")]
+                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig | RLTEnvConfig | PeerReviewEnvConfig,
+                      Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

@@ -14,6 +14,7 @@ from tutorloop.envs.correction import CorrectionEnv
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.distill import DistillEnv
 from tutorloop.envs.first_error import FirstErrorEnv
+from tutorloop.envs.peer_review import PeerReviewEnv
 from tutorloop.envs.protocol import Env
 from tutorloop.envs.rlt import RLTEnv
 from tutorloop.envs.rollouts import RolloutsEnv
@@ -21,7 +22,7 @@ from tutorloop.envs.tailored import TailoredEnv
 
 ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv,
                         "distill": DistillEnv, "tailored": TailoredEnv, "first_error": FirstErrorEnv,
-                        "ampo": AmpoEnv, "rlt": RLTEnv}
+                        "ampo": AmpoEnv, "rlt": RLTEnv, "peer_review": PeerReviewEnv}
 """`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
 
 
@@ -29,5 +30,5 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "AmpoEnv", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "RLTEnv",
-           "RolloutsEnv", "TailoredEnv", "build_env"]
+__all__ = ["ENVS", "AmpoEnv", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "PeerReviewEnv",
+           "RLTEnv", "RolloutsEnv", "TailoredEnv", "build_env"]
