@@ -34,11 +34,19 @@ OWN_METRICS: dict[str, tuple[str, ...]] = {
     "tailored_learning": ("tailored/wrong_items", "tailored/taught_rate"),
     "tutor_rl": ("tutoring/reward", "loss/pg"),
     "co_training": ("episodes/feedback_accepted_rate", "mentor/sft/units", "mentor/dpo/units"),
+    "mentor_kd_stage1": ("distill/verified_rate", "lessons/sft"),
+    "mentor_kd": ("distill/verified_rate", "lessons/kd", "loss/kd"),
+    "mapd": ("mapd/wrong_items", "mapd/accept_rate", "lessons/sft"),
+    "ampo": ("ampo/all_failed_groups", "ampo/guided_groups", "ampo/guidance_samples"),
+    "rlt": ("rlt/reward_mean", "rlt/solution_logprob", "rlt/format_ok"),
+    "tom_intervention": ("intervention/share", "intervention/accuracy_explained", "intervention/accuracy_bare"),
 }
 """The metrics that show each method doing its own thing (its lessons, its gate, its reward); a
 method without an entry reports the last round's lesson counts."""
 
-CHAINS: dict[str, tuple[str, tuple[str, ...]]] = {}
+CHAINS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mentor_kd": ("mentor_kd_stage1", ("agents.mentor.adapter={earlier}/mentor",)),
+}
 """A config that reads an earlier config's run: name -> (the earlier one, overrides given OUT/<earlier>)."""
 
 
