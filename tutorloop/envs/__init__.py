@@ -13,12 +13,14 @@ from tutorloop.envs.correction import CorrectionEnv
 from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.distill import DistillEnv
 from tutorloop.envs.first_error import FirstErrorEnv
+from tutorloop.envs.intervention import InterventionEnv
 from tutorloop.envs.protocol import Env
 from tutorloop.envs.rollouts import RolloutsEnv
 from tutorloop.envs.tailored import TailoredEnv
 
 ENVS: dict[str, Any] = {"correction": CorrectionEnv, "dialogue": DialogueEnv, "rollouts": RolloutsEnv,
-                        "distill": DistillEnv, "tailored": TailoredEnv, "first_error": FirstErrorEnv}
+                        "distill": DistillEnv, "tailored": TailoredEnv, "first_error": FirstErrorEnv,
+                        "intervention": InterventionEnv}
 """`env.name` → the env class; each builds itself from the run's config (`from_config`)."""
 
 
@@ -26,5 +28,5 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "RolloutsEnv", "TailoredEnv",
+__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "InterventionEnv", "RolloutsEnv", "TailoredEnv",
            "build_env"]
