@@ -1,7 +1,7 @@
 """The seed methods as configurations (configs/methods/, issue 14): each shipped config, built as the
 loop builds it (the tiny tokenizer standing in for the model), does what defines its method. The
 distill env's three methods (Fine-tune-CoT, GKD, Distilling step-by-step) are in test_distill.py,
-Tailored learning in test_tailored.py."""
+Tailored learning in test_tailored.py, ToM intervention in test_tom.py."""
 
 import asyncio
 
@@ -22,7 +22,8 @@ PARAMS = SamplingParams()
 
 def test_every_method_has_a_config():
     assert {p.stem for p in METHODS.glob("*.yaml")} >= {"redi", "fine_tune_cot", "gkd", "tutor_rl", "co_training",
-                                                     "distill_step_by_step", "tailored_learning", "supercorrect", "kdrl"}
+                                                     "distill_step_by_step", "tailored_learning", "supercorrect", "kdrl",
+                                                     "tom_intervention"}
 
 
 # --- REDI ----------------------------------------------------------------------------------------
