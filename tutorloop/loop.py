@@ -15,8 +15,7 @@ from typing import Any, Awaitable, Callable
 from tutorloop.agents import build_agents, check_models
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
-from tutorloop.envs import Env, build_env
-from tutorloop.envs.protocol import RoundEnv
+from tutorloop.envs import Env, RoundEnv, build_env
 from tutorloop.errors import UserError
 from tutorloop.learner import Learner, build_learners
 from tutorloop.metrics import RunLog

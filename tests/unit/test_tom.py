@@ -58,15 +58,17 @@ class Teacher:
 
 
 class Student:
-    """Right with an explanation in its prompt, wrong without; records what it was shown."""
+    """Right with an explanation in its prompt, wrong without (but right on the ids in
+    `right_bare`); records what it was shown."""
 
-    def __init__(self, confidence=None):
-        self.prompts, self.confidence, self.scored = [], confidence or {}, []
+    def __init__(self, confidence=None, right_bare=()):
+        self.prompts, self.confidence, self.scored, self.right_bare = [], confidence or {}, [], set(right_bare)
 
     async def generate(self, prompts, params):
         self.prompts.append(prompts[0])
         problem = _problem(prompts[0][-1]["content"])
-        text = f"The answer is {problem.answer if 'explanation' in prompts[0][-1]['content'] else 0}."
+        right = "explanation" in prompts[0][-1]["content"] or problem.id in self.right_bare
+        text = f"The answer is {problem.answer if right else 0}."
         return [Completion(text, ids(text), (-0.5,) * len(ids(text)), policy_version=3)]
 
     async def score(self, prompts, target_ids, top_k):
@@ -187,7 +189,7 @@ def test_explained_right_answers_train_the_student_under_its_bare_prompt(tiny_to
     answer, right or wrong, teaches nothing. Metrics: the explained share, accuracy on each side
     and each side's mean utility. Catches lessons under the explained prompt, lessons from
     unexplained or wrong answers, re-encoded targets."""
-    env, episodes, _, _ = _round(tiny_tokenizer_dir)
+    env, episodes, _, _ = _round(tiny_tokenizer_dir, student=Student(right_bare={"p4"}))  # p4 right unexplained
     lessons = env.lessons(episodes)
     encode = TokenEncoder(tiny_tokenizer)
     by_id = {p.id: p for p in PROBLEMS}
@@ -195,8 +197,8 @@ def test_explained_right_answers_train_the_student_under_its_bare_prompt(tiny_to
     assert {x.prompt_ids for x in lessons} == {encode.prompt(student_attempt(by_id[p])) for p in ("p1", "p3")}
     assert {x.target_ids for x in lessons} == {ids(f"The answer is {by_id[p].answer}.") for p in ("p1", "p3")}
     metrics = env.metrics(episodes)
-    assert metrics["intervention/share"] == 0.4 and metrics["intervention/accuracy"] == 0.4
-    assert (metrics["intervention/accuracy_explained"], metrics["intervention/accuracy_bare"]) == (1.0, 0.0)
+    assert metrics["intervention/share"] == 0.4 and metrics["intervention/accuracy"] == 0.6
+    assert (metrics["intervention/accuracy_explained"], metrics["intervention/accuracy_bare"]) == (1.0, pytest.approx(1 / 3))
     assert metrics["intervention/utility_explained"] == pytest.approx(0.4)
     assert metrics["intervention/utility_bare"] == pytest.approx(-0.1 / 3)
 

@@ -2,6 +2,9 @@
 the agents its config names, and its episodes into lessons and metrics:
 
     run(problem, agents) -> Episode;  lessons(episodes) -> list[Lesson];  metrics(episodes) -> dict
+
+An env whose episodes depend on the whole round (the intervention env's budget) also has
+`run_round(problems, agents) -> list[Episode]` (`RoundEnv`), which the loop then calls instead.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from tutorloop.envs.dialogue import DialogueEnv
 from tutorloop.envs.distill import DistillEnv
 from tutorloop.envs.first_error import FirstErrorEnv
 from tutorloop.envs.intervention import InterventionEnv
-from tutorloop.envs.protocol import Env
+from tutorloop.envs.protocol import Env, RoundEnv
 from tutorloop.envs.rollouts import RolloutsEnv
 from tutorloop.envs.tailored import TailoredEnv
 
@@ -28,5 +31,5 @@ def build_env(cfg: RunConfig) -> Env:
     return ENVS[cfg.env.name].from_config(cfg)
 
 
-__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "InterventionEnv", "RolloutsEnv", "TailoredEnv",
-           "build_env"]
+__all__ = ["ENVS", "CorrectionEnv", "DialogueEnv", "DistillEnv", "Env", "FirstErrorEnv", "InterventionEnv", "RolloutsEnv",
+           "RoundEnv", "TailoredEnv", "build_env"]
