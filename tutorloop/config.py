@@ -17,8 +17,8 @@ from tutorloop.agent_config import (EMBEDDED_DEFAULT, GENERATOR_KINDS, MODEL_GEN
                                     GeneratorConfig, HFGeneratorConfig, OpenAIGeneratorConfig, Resources,
                                     SamplingConfig, ScriptedGeneratorConfig, Strict, VLLMGeneratorConfig)
 from tutorloop.env_config import (ENV_NAMES, AmpoEnvConfig, CorrectionEnvConfig, DialogueEnvConfig, DistillEnvConfig,
-                                  EnvConfig, FirstErrorEnvConfig, KLMask, PeerReviewEnvConfig, RLTEnvConfig,
-                                  RolloutsEnvConfig, TailoredEnvConfig)
+                                  EnvConfig, FirstErrorEnvConfig, InterventionEnvConfig, KLMask, PeerReviewEnvConfig,
+                                  RLTEnvConfig, RolloutsEnvConfig, TailoredEnvConfig)
 from tutorloop.learner_config import LearnerConfig, LoraConfig, TrainerConfig
 from tutorloop.errors import UserError
 from tutorloop import objectives as objective_registry
@@ -380,7 +380,7 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 __all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "AmpoEnvConfig", "CorrectionEnvConfig", "LearnerConfig", "LoraConfig", "TrainerConfig",
-           "DialogueEnvConfig", "DistillEnvConfig", "EnvConfig", "FirstErrorEnvConfig", "KLMask", "PeerReviewEnvConfig",
-           "RLTEnvConfig", "RolloutsEnvConfig", "TailoredEnvConfig", "TransferConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
+           "DialogueEnvConfig", "DistillEnvConfig", "EnvConfig", "FirstErrorEnvConfig", "InterventionEnvConfig", "KLMask",
+           "PeerReviewEnvConfig", "RLTEnvConfig", "RolloutsEnvConfig", "TailoredEnvConfig", "TransferConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
            "config_dict", "load_config", "validate_config"]

@@ -17,6 +17,10 @@ KLMask = Literal["none", "correct", "solved_group"]
 """Which samples KDRL's reward mask keeps out of `kl_teacher` (METHODS C2; the paper's exact rule is unverified)."""
 
 
+InterventionPolicy = Literal["utility", "random", "least_confident"]
+"""Which problems the ToM intervention env explains (METHODS E1: the method and two of its baselines)."""
+
+
 class EnvConfigBase(Strict):
     """What every env config answers besides its knobs: which agent plays each part, and which parts learn."""
 
@@ -339,9 +343,34 @@ class PeerReviewEnvConfig(EnvConfigBase):
         return {"student": self.student} | {f"teacher{i}": name for i, name in enumerate(self.teachers, 1)}
 
 
+class InterventionEnvConfig(EnvConfigBase):
+    name: Literal["intervention"] = "intervention"
+    """Teacher explanations with Theory of Mind (METHODS E1): the teacher's mental model of the student
+    ranks the round's problems by the utility of an explanation, and the teacher explains only the
+    top `budget` fraction before the student answers (`envs/intervention.py`)."""
+    student: str = "student"
+    """The agent that answers every problem (with the explanation where there is one): the one the trainer updates."""
+    teacher: str = "teacher"
+    """The agent that is the mental model (scores the gold answer as the student would give it) and explains."""
+    budget: float = Field(0.4, ge=0.0, le=1.0)
+    """b: the fraction of a round's problems the teacher may explain; floor(b * n) of them are (the
+    paper's grid is 0, 0.2, ..., 1; 0.4 is ours)."""
+    policy: InterventionPolicy = "utility"
+    """Which problems get the budget: `utility` (the mental model's P_int - P_no, highest first: the
+    paper's method), `random` (a seeded coin per problem), `least_confident` (the student's own
+    probability of the gold answer, lowest first): the paper's baselines."""
+    privileged: bool = True
+    """The teacher explains with the reference solution in its context: the embedded teacher's only
+    edge over a student of its own size. false: the problem alone, for a stronger teacher."""
+
+    def parts(self) -> dict[str, str]:
+        """Part in this env → the agent that plays it."""
+        return {"student": self.student, "teacher": self.teacher}
+
+
 ENV_CONFIGS = (CorrectionEnvConfig, DialogueEnvConfig, RolloutsEnvConfig, DistillEnvConfig, TailoredEnvConfig,
-               FirstErrorEnvConfig, AmpoEnvConfig, RLTEnvConfig, PeerReviewEnvConfig)
+               FirstErrorEnvConfig, AmpoEnvConfig, RLTEnvConfig, PeerReviewEnvConfig, InterventionEnvConfig)
 EnvConfig = Annotated[CorrectionEnvConfig | DialogueEnvConfig | RolloutsEnvConfig | DistillEnvConfig
-                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig | RLTEnvConfig | PeerReviewEnvConfig,
-                      Field(discriminator="name")]
+                      | TailoredEnvConfig | FirstErrorEnvConfig | AmpoEnvConfig | RLTEnvConfig | PeerReviewEnvConfig
+                      | InterventionEnvConfig, Field(discriminator="name")]
 ENV_NAMES = tuple(c.model_fields["name"].default for c in ENV_CONFIGS)

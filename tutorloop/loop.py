@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 from tutorloop.agents import build_agents, check_models
 from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
 from tutorloop.config import RunConfig, config_dict
-from tutorloop.envs import Env, build_env
+from tutorloop.envs import Env, RoundEnv, build_env
 from tutorloop.envs.evaluation import transfer_report
 from tutorloop.errors import UserError
 from tutorloop.learner import Learner, build_learners
@@ -170,10 +170,13 @@ def after_round(progress: Progress, r: int, versions: dict[str, int], metrics: d
 
 async def run_episodes(env: Any, agents: dict[str, Any], problems: list[Any], runtime: Any, retries: int, *,
                        resync: Callable[[], Awaitable[None]], log: RunLog) -> list[Any]:
-    """Every problem's episode, concurrently. If an actor died (Ray restarts it with its initial
-    weights), the learners' weights are synced again and the whole round is rerun."""
+    """Every problem's episode, concurrently (one `run_round` call for an env that ranks the round).
+    If an actor died (Ray restarts it with its initial weights), the learners' weights are synced
+    again and the whole round is rerun."""
     for attempt in range(retries + 1):
         try:
+            if isinstance(env, RoundEnv):
+                return list(await env.run_round(problems, agents))
             return list(await asyncio.gather(*(env.run(p, agents) for p in problems)))
         except runtime.retryable_errors as exc:
             if attempt == retries:

@@ -1,7 +1,7 @@
 """The seed methods as configurations (configs/methods/, issue 14): each shipped config, built as the
 loop builds it (the tiny tokenizer standing in for the model), does what defines its method. The
 distill env's three methods (Fine-tune-CoT, GKD, Distilling step-by-step) are in test_distill.py,
-Tailored learning in test_tailored.py."""
+Tailored learning in test_tailored.py, ToM intervention in test_tom.py."""
 
 import asyncio
 

@@ -40,3 +40,13 @@ class Env(Protocol):
         """Held-out metrics of the trained agent, named for `label` (before, after; None: during
         training), and one line that reports them."""
         ...
+
+
+@runtime_checkable
+class RoundEnv(Protocol):
+    """An env whose episodes depend on the whole round (ToM's budget ranks the round's problems):
+    the loop calls `run_round` in place of one `run` per problem."""
+
+    async def run_round(self, problems: Sequence[Problem], agents: Mapping[str, Any]) -> list[Episode]:
+        """The round's episodes, one per problem in order; no state kept between calls."""
+        ...
