@@ -143,6 +143,6 @@ def test_agents_satisfy_the_protocol():
     knobs = {"correction": {"max_rounds": 1}, "dialogue": {"max_turns": 1, "telling_penalty": 0.0},
              "rollouts": {"group_size": 2}, "distill": {"samples": 2},
              "tailored": {"num_candidates": 2}, "first_error": {}, "rlt": {"group_size": 2}, "peer_review": {},
-             "intervention": {"budget": 0.4}}
+             "intervention": {"budget": 0.4}, "ampo": {"group_size": 4}}
     assert set(ENVS) == set(knobs) and all(isinstance(cls(**knobs[name]), Env) for name, cls in ENVS.items())
     assert isinstance(ScriptedGenerator(["a"]), Generator)
