@@ -6,6 +6,7 @@ A checkpoint is the directory `run_dir/checkpoints/round-NNNNNN`, NNNNNN being t
     <learner>/weights.safetensors     the learner's trainable tensors (its LoRA adapter, or all weights)
     <learner>/optimizer.safetensors   its optimizer's moments; the metadata holds the param groups as JSON
     <learner>/lessons.json            its lesson buffer
+    ahead.json              with `loop.overlap`: the episodes already generated for the next rounds
     state.json              rounds done, each learner's policy version, RNG states, each generator's
                             sampling state, the W&B run id, eval results so far, the config, and
                             every file's size
@@ -100,10 +101,15 @@ class CheckpointStore:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
     async def save(self, progress: Progress, *, learners: Mapping[str, Any], generators: Mapping[str, Any],
-                   wandb_id: str | None, config: dict[str, Any]) -> Path:
+                   wandb_id: str | None, config: dict[str, Any], ahead: Mapping[int, Any] | None = None) -> Path:
         """Every learner's trainer and buffer (objects with `.trainer` and `.buffer`), the generators'
-        sampling state and the loop's progress, as one checkpoint directory."""
+        sampling state and the loop's progress, as one checkpoint directory. `ahead`: round → its
+        episodes, generated ahead of training (`loop.overlap`) and finished; a resumed run trains on
+        these rather than sample them again from weights it no longer has."""
         writers: dict[str, Callable[[Path], None]] = {}
+        if ahead:
+            rows = {str(r): [asdict(e) for e in episodes] for r, episodes in ahead.items()}
+            writers["ahead.json"] = lambda path: path.write_text(json.dumps(rows), encoding="utf-8")
         for name, learner in learners.items():
             writers |= _learner_writers(name, await learner.trainer.checkpoint_state(), learner.buffer.state())
         state = {"format": FORMAT, "progress": asdict(progress), "wandb_id": wandb_id, "config": config,
@@ -144,6 +150,30 @@ async def restore(checkpoint: Checkpoint, *, learners: Mapping[str, Any], genera
         await generator.load_sampling_state(state["generators"][name])
     set_rng_state(state["rng"])
     return progress
+
+
+def episodes_ahead(checkpoint: Checkpoint | None) -> dict[int, list[Any]]:
+    """The episodes `save` was given as `ahead`, by round ({} when none: no overlap, or no checkpoint)."""
+    path = None if checkpoint is None else checkpoint.path / "ahead.json"
+    if path is None or not path.exists():
+        return {}
+    return {int(r): [episode_from_row(row) for row in rows]
+            for r, rows in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def episode_from_row(row: dict[str, Any]) -> Any:
+    """An `Episode` back from `asdict` JSON, with its tuples and enum as they were (lessons made
+    from it must equal those made from the original)."""
+    from tutorloop.types import Episode, Problem, StopReason, TokenScores, Turn
+
+    def turn(t: dict[str, Any]) -> Turn:
+        s = t["teacher_scores"]
+        scores = None if s is None else TokenScores(tuple(s["logprobs"]), tuple(map(tuple, s["topk_ids"])),
+                                                    tuple(map(tuple, s["topk_logprobs"])))
+        return Turn(**t | {"prompt": tuple(t["prompt"]), "token_ids": tuple(t["token_ids"]), "teacher_scores": scores,
+                           "logprobs": tuple(t["logprobs"]), "alternatives": tuple(t["alternatives"])})
+
+    return Episode(Problem(**row["problem"]), tuple(map(turn, row["turns"])), row["rewards"], StopReason(row["stop"]))
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

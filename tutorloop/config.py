@@ -70,6 +70,20 @@ class LoopConfig(Strict):
     time_budget_minutes: float | None = Field(None, gt=0)
     """Start no round once the rounds of this process have taken this long (evaluation time not
     counted); `rounds` stays the upper bound. For comparisons under a fixed wall clock."""
+    overlap: int = Field(0, ge=0, le=4)
+    """Rounds of episodes generated ahead while the learners step (0: generate, then train). With k,
+    round r+1's episodes are sampled with the weights from before round r's step, at most k rounds
+    ahead, so their lessons are up to k versions old when trained: `max_staleness` must be at least
+    k or the on-policy ones would all be dropped. The weight sync waits for the episodes in flight.
+    Pays when generation and training run on separate cores or devices (Ray actors); on the local
+    runtime both compute on the one event loop, so it only reorders work (bench/overlap.py)."""
+
+    @model_validator(mode="after")
+    def _overlap_within_staleness(self) -> LoopConfig:
+        if self.overlap > self.max_staleness:
+            raise ValueError(f"overlap {self.overlap} trains lessons {self.overlap} policy versions old: "
+                             f"set max_staleness to at least {self.overlap}")
+        return self
 
 
 class CheckpointConfig(Strict):

@@ -31,17 +31,17 @@ class Learner:
     """Put before its metric names: "" for the env's trained part, "<name>/" for the others."""
 
     async def step(self, lessons: Iterable[Lesson], version: int, loop: LoopConfig,
-                   round_index: int) -> tuple[int, dict[str, float]]:
+                   round_index: int) -> dict[str, float]:
         """Its lessons into its buffer, one optimizer step on what the buffer gives (scheduled
-        objectives at this round's weights), the new weights to its agent's generator. Returns the
-        version that generator now samples, and the step's metrics."""
+        objectives at this round's weights); returns the step's metrics. `version`: the one its
+        agent's generator samples, which staleness is counted from. The loop syncs the new weights
+        (`sync`) once no episode generated ahead is in flight (`loop.Ahead`)."""
         self.buffer.add(x for x in lessons if x.learner == self.name)
         batch = self.buffer.take(version=version, max_staleness=loop.max_staleness, max_per_kind=loop.max_lessons_per_step)
         weights = objective_registry.at_round(self.objectives, round_index)
         metrics = await (self.trainer.step(batch, weights) if weights else self.trainer.step(batch))
         metrics |= lesson_counts(batch, self.buffer) | {f"weight/{name}": w for name, w in weights.items()}
-        version = await self.sync()
-        return version, {f"{self.prefix}{key}": value for key, value in metrics.items()}
+        return {f"{self.prefix}{key}": value for key, value in metrics.items()}
 
     async def sync(self) -> int:
         """The trainer's weights to the agent's generator (after a step, a restart, a restore)."""

@@ -1,7 +1,8 @@
 """The round loop of every env and any number of learners, read top to bottom: sample problems →
 the env's episodes → its lessons → one step of each learner on the lessons addressed to it → sync
 each trained agent's weights → log. Evaluation brackets the rounds; checkpoints, the time budget
-and the non-finite guard hold for every env."""
+and the non-finite guard hold for every env. With `loop.overlap` k, the episodes of the next k
+rounds are generated while the learners step (`Ahead`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from tutorloop.agents import build_agents, check_models
-from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, restore, save_model
-from tutorloop.config import RunConfig, config_dict
+from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, episodes_ahead, restore, save_model
+from tutorloop.config import LoopConfig, RunConfig, config_dict
 from tutorloop.envs import Env, RoundEnv, build_env
 from tutorloop.envs.evaluation import transfer_report
 from tutorloop.errors import UserError
@@ -70,7 +71,7 @@ def build_pool(cfg: RunConfig) -> TaskPool:
 async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     """Every env, one loop. A run dir that holds a checkpoint continues from it; `resume` makes
     that required. Episodes come from `rollout`, lessons carry the policy version that made them,
-    so the next round's episodes can later be generated while this round trains."""
+    so the next rounds' episodes can be generated while this round trains (`loop.overlap`)."""
     seed_everything(cfg.seed)
     run_dir = prepare_run_dir(cfg.run_dir)
     store = CheckpointStore(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
@@ -83,18 +84,17 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     if job.transfer is not None:
         log.note(job.transfer.note)
     progress = await start(saved, cfg, job, log)
+    ahead = Ahead(lambda r: rollout(job, cfg, r, log), cfg.loop.overlap, cfg.loop.rounds, episodes_ahead(saved))
     train_seconds = 0.0
     for r in log.rounds(cfg.loop.rounds, start=progress.rounds_done):
         if over_budget(train_seconds, cfg.loop.time_budget_minutes, log):
             break
         began = time.perf_counter()
-        episodes_P = await rollout(job, cfg, r, log)
+        episodes_P = await ahead.episodes(r)  # with overlap: generated while round r - 1 trained
         episode_seconds = time.perf_counter() - began
         lessons = job.env.lessons(episodes_P)  # each addressed to a learner, with the policy version that made it
-        versions, metrics = dict(progress.versions), {}
-        for name, learner in job.learners.items():  # independent steps: each on its own lessons and agent
-            versions[name], stepped = await learner.step(lessons, progress.versions.get(name, 0), cfg.loop, r)
-            metrics |= stepped
+        ahead.start(r)  # the next rounds' episodes, sampled with the weights from before this round's steps
+        versions, metrics = await step_learners(job, lessons, progress, cfg.loop, r, ahead)
         metrics |= await generation_metrics(job.generators)
         timing = round_timing(time.perf_counter() - began, episode_seconds, metrics)
         train_seconds += timing["round/seconds"]
@@ -105,7 +105,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         progress = after_round(progress, r, versions, metrics, job.learners, store)
         if (r + 1) % cfg.checkpoint.every == 0 or r + 1 == cfg.loop.rounds:  # metrics first: resume trims them
             await store.save(progress, learners=job.learners, generators=job.generators, wandb_id=log.wandb_id,
-                             config=config_dict(cfg))
+                             config=config_dict(cfg), ahead=ahead.finished())
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
         summary |= await evaluate(job, cfg, "after", "after training", log)
@@ -119,6 +119,59 @@ async def rollout(job: Run, cfg: RunConfig, r: int, log: RunLog) -> list[Any]:
     """Round r's episodes: a function of the round alone, so it can later run ahead of training."""
     return await run_episodes(job.env, job.agents, job.tasks.sample(cfg.loop.problems_per_round, r), job.runtime,
                               cfg.runtime.round_retries, resync=lambda: resync(job.learners), log=log)
+
+
+class Ahead:
+    """The episodes of rounds generated ahead of training (`loop.overlap` k): asyncio tasks started
+    before the learners step, so on Ray the generator actors sample while the trainer actors train.
+    The weight sync waits for them (`settle`): a generation never mixes two versions, and round
+    r + 1's episodes sample round r's pre-step weights, at most k versions behind when trained. On the
+    local runtime every call computes on the one event loop without yielding, so the tasks only run
+    once the steps are done: the same work, reordered. A checkpoint saves the finished ones
+    (`finished`), and a resumed run trains on those rather than sample them again."""
+
+    def __init__(self, fetch: Callable[[int], Awaitable[list[Any]]], overlap: int, rounds: int,
+                 done: dict[int, list[Any]]) -> None:
+        self.fetch, self.overlap, self.rounds = fetch, overlap, rounds
+        self.tasks: dict[int, asyncio.Future[list[Any]]] = {}
+        for r, episodes in done.items():
+            self.tasks[r] = asyncio.get_running_loop().create_future()
+            self.tasks[r].set_result(episodes)
+
+    async def episodes(self, r: int) -> list[Any]:
+        """Round r's episodes: those generated ahead, or generated now."""
+        task = self.tasks.pop(r, None)
+        return await task if task is not None else await self.fetch(r)
+
+    def start(self, r: int) -> None:
+        """Rounds r + 1 .. r + k not yet started, started now; none past the last round."""
+        for ahead in range(r + 1, min(r + self.overlap, self.rounds - 1) + 1):
+            if ahead not in self.tasks:
+                self.tasks[ahead] = asyncio.ensure_future(self.fetch(ahead))
+
+    async def settle(self) -> None:
+        await asyncio.gather(*self.tasks.values())
+
+    def finished(self) -> dict[int, list[Any]]:
+        """Round → episodes, of those generated ahead (all finished once `settle` returned)."""
+        return {r: task.result() for r, task in sorted(self.tasks.items())}
+
+
+async def step_learners(job: Run, lessons: list[Any], progress: Progress, loop: LoopConfig, r: int,
+                        ahead: Ahead) -> tuple[dict[str, int], dict[str, float]]:
+    """One step of each learner on the lessons addressed to it (independent: each its own lessons
+    and agent), then each trained agent's weights synced, once the episodes generated ahead
+    meanwhile are done. Returns the versions the generators now sample, and the steps' metrics."""
+    began = time.perf_counter()
+    metrics: dict[str, float] = {}
+    for name, learner in job.learners.items():
+        metrics |= await learner.step(lessons, progress.versions.get(name, 0), loop, r)
+    stepped = time.perf_counter()
+    await ahead.settle()
+    settled = time.perf_counter()
+    versions = dict(progress.versions) | {name: await learner.sync() for name, learner in job.learners.items()}
+    return versions, metrics | {"round/step_seconds": stepped - began, "round/ahead_wait_seconds": settled - stepped,
+                                "round/sync_seconds": time.perf_counter() - settled}
 
 
 async def resync(learners: dict[str, Learner]) -> None:

@@ -44,6 +44,9 @@ loop: {{rounds: {ROUNDS}, problems_per_round: 4}}"""
 """The student and the mentor learn side by side, both on the tiny model that answers 1 or 2
 (`save_answering_lm`), on problems whose answer is 1 or 2: some revisions are right and some wrong,
 so the mentor has outcomes to learn from."""
+OVERLAP = ONE_LEARNER.replace("problems_per_round: 2}", "problems_per_round: 2, overlap: 1, max_staleness: 1}")
+"""Round r + 1's episodes generated while round r trains: every checkpoint is written mid-overlap,
+holding the next round's episodes, which the resumed run trains on instead of sampling them again."""
 
 
 def _tasks(tmp_path: Path) -> Path:
@@ -99,7 +102,7 @@ def _checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name.removeprefix("round-")) for p in root.glob("round-*")) if root.exists() else []
 
 
-@pytest.mark.parametrize("learners", [ONE_LEARNER, TWO_LEARNERS], ids=["student", "student+mentor"])
+@pytest.mark.parametrize("learners", [ONE_LEARNER, TWO_LEARNERS, OVERLAP], ids=["student", "student+mentor", "overlap"])
 def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, tiny_teacher_dir, learners, request):
     from safetensors.torch import load_file
 
@@ -112,6 +115,9 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     expected_rows = _rows(reference)  # in-process: faster
     round_seconds = sum(r["round/seconds"] for r in expected_rows) / len(expected_rows)
     trained = ["student", "mentor"] if learners is TWO_LEARNERS else ["student"]
+    if learners is OVERLAP:  # the checkpoint before the last round holds that round's episodes, generated ahead
+        assert json.loads((reference / "checkpoints" / f"round-{ROUNDS - 1:06d}" / "ahead.json").read_text()).keys() == {
+            str(ROUNDS - 1)}
     if "mentor" in trained:  # the mentor had outcomes to learn from: its weights moved
         assert sum(r.get("mentor/lessons/sft", 0) for r in expected_rows) > 0
 
@@ -119,7 +125,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     config = _config(tmp_path, "victim", tiny_lm_dir, tiny_teacher_dir, wandb="offline", learners=learners)
     process = _tutorloop(config)
     after_rows = rng.randrange(ROUNDS)  # kill once this many rounds are logged, plus a random fraction of one
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a hang guard: a loaded shared machine starts a run slowly
     while len(_rows(victim)) < after_rows or not (victim / "metrics.jsonl").exists():
         assert process.poll() is None and time.monotonic() < deadline, "run ended before the kill point"
         time.sleep(0.02)

@@ -236,3 +236,23 @@ def test_a_key_added_since_the_checkpoint_counts_as_its_default():
     assert config_changes({**saved, "seed": now["seed"] + 1}, now) == ["seed"]
     # A key today's schema does not know: both compared as they are, so absent keys differ again.
     assert config_changes({**saved, "gone": 1}, now) == ["gone", "tasks.question_field", "tasks.split"]
+
+
+def test_episodes_ahead_round_trip_exactly(tmp_path):
+    """The episodes a mid-overlap checkpoint holds come back equal, tuples, enum and floats alike, so
+    the lessons a resumed run makes from them equal the uninterrupted run's."""
+    from tutorloop.checkpoint import Checkpoint, episodes_ahead
+    from tutorloop.types import Episode, Problem, StopReason, TokenScores, Turn
+
+    scores = TokenScores(logprobs=(-0.1, -1 / 3), topk_ids=((1, 2), (3, 4)), topk_logprobs=((-0.2, -0.7), (-1e-9, -5.0)))
+    turn = Turn(role="student", text="The answer is 1.", prompt=({"role": "user", "content": "1+0?"},),
+                token_ids=(5, 6), logprobs=(-0.123456789012345, -2.5), policy_version=3, correct=True, answer="1",
+                teacher_scores=scores, alternatives=("2",))
+    episode = Episode(Problem(id="p1", prompt="1+0?", answer="1"), (turn, Turn(role="teacher", text="ok", prompt=())),
+                      {"solved": 1.0}, StopReason.SOLVED)
+    store = CheckpointStore(tmp_path, keep=2)
+    path = asyncio.run(store.save(Progress(rounds_done=1), learners={}, generators={}, wandb_id=None, config={},
+                                  ahead={1: [episode]}))
+    back = episodes_ahead(Checkpoint(path, json.loads((path / "state.json").read_text())))
+    assert back == {1: [episode]} and type(back[1][0].turns) is tuple and back[1][0].stop is StopReason.SOLVED
+    assert episodes_ahead(None) == {}

@@ -236,3 +236,16 @@ def test_keys_from_before_issue_13_say_where_they_went(tmp_path):
         tmp_path, BASE, ["agents.teacher.num_candidates=2"])
     assert "agents.teacher: base_url: moved under generator" in _error(tmp_path, BASE, ["agents.teacher.base_url=x"])
     assert "dialogue: moved into env" in _error(tmp_path, BASE, ["dialogue.max_turns=3"])
+
+
+def test_overlap_needs_a_staleness_bound_that_admits_its_lessons():
+    """Overlap k trains lessons k versions old: with a smaller max_staleness every on-policy lesson
+    would be dropped, so the config says so instead."""
+    default = "configs/default.yaml"
+    assert load_config(default, []).loop.overlap == 0  # generate, then train: bench/results/overlap.md
+    assert load_config(default, ["loop.overlap=2", "loop.max_staleness=2"]).loop.overlap == 2
+    with pytest.raises(UserError, match="loop: overlap 1 .* set max_staleness to at least 1"):
+        load_config(default, ["loop.overlap=1"])
+    for bad in (-1, 5):
+        with pytest.raises(UserError, match="loop.overlap"):
+            load_config(default, [f"loop.overlap={bad}", "loop.max_staleness=9"])

@@ -138,7 +138,7 @@ def test_co_training_gives_each_learner_only_the_lessons_addressed_to_it(tiny_to
     for name, spec in cfg.learner_configs.items():
         learner = Learner(name, spec.agent, trainers[name], ScriptedGenerator(["x"]), LessonBuffer(64),
                           spec.max_nonfinite_steps, spec.objectives, prefix="" if name == "student" else f"{name}/")
-        metrics |= asyncio.run(learner.step(lessons, 0, cfg.loop, 0))[1]
+        metrics |= asyncio.run(learner.step(lessons, 0, cfg.loop, 0))
     (student,), (mentor,) = trainers["student"].batches, trainers["mentor"].batches
     assert {x.learner for x in student} == {"student"} and {x.learner for x in mentor} == {"mentor"}
     assert len(student) + len(mentor) == len(lessons)

@@ -101,6 +101,24 @@ def test_clipped_pg_by_hand():
     torch.testing.assert_close(weighted, _t(-1.4))
 
 
+def test_stale_sample_ratio_is_the_importance_ratio_and_clipped():
+    """A sample drawn one version ago (`loop.overlap` 1): its behaviour log-probs are the old
+    policy's, so rho = pi_new / pi_old is the real importance ratio. The policy has since tripled
+    token 0's probability and thirded token 1's; A = 1: rho 3 is clipped to 1.2 (loss -1.2, no
+    gradient), rho 1/3 stays (loss -1/3, gradient -1/3), since for A > 0 only the upper clip binds.
+    Scored as if fresh (behaviour = the new log-probs) both ratios would be 1: loss -2."""
+    old_policy = _t([[LN(0.1), LN(0.6)]])
+    new_policy = (old_policy + _t([[LN(3.0), -LN(3.0)]])).requires_grad_()
+    advantage, mask = _t([[1.0, 1.0]]), torch.ones(1, 2)
+    loss, clipped = clipped_pg_sum(new_policy, old_policy, advantage, mask, clip_low=0.2, clip_high=0.2)
+    torch.testing.assert_close(loss, _t(-1.2 - 1 / 3))
+    assert int(clipped) == 1
+    (grad,) = torch.autograd.grad(loss, new_policy)
+    torch.testing.assert_close(grad, _t([[0.0, -1 / 3]]))
+    fresh, _ = clipped_pg_sum(new_policy, new_policy.detach(), advantage, mask, clip_low=0.2, clip_high=0.2)
+    torch.testing.assert_close(fresh, _t(-2.0))
+
+
 def test_kl_estimators_by_hand():
     """u = log pi - log pi_ref = [ln 2, -ln 2]: k2 = u^2 / 2 each = (ln 2)^2;
     k3 = exp(-u) - 1 + u = (0.5 - 1 + ln 2) + (2 - 1 - ln 2) = 0.5. Both are 0 at u = 0."""
