@@ -126,16 +126,20 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(tmp_path, tiny_lm_dir, 
     process = _tutorloop(config)
     after_rows = rng.randrange(ROUNDS)  # kill once this many rounds are logged, plus a random fraction of one
     deadline = time.monotonic() + 300  # a hang guard: a loaded shared machine starts a run slowly
-    while len(_rows(victim)) < after_rows or not (victim / "metrics.jsonl").exists():
+    while len(_rows(victim)) < after_rows or not (victim / "metrics.jsonl").exists() or (
+            learners is OVERLAP and not _checkpoints(victim)):  # overlap: once a checkpoint holds episodes ahead
         assert process.poll() is None and time.monotonic() < deadline, "run ended before the kill point"
         time.sleep(0.02)
-    time.sleep(rng.choice([0.0, rng.uniform(0, 1.5 * round_seconds)]))  # 0: most likely mid-checkpoint
+    pause = rng.uniform(0, 0.5 * round_seconds) if learners is OVERLAP else rng.uniform(0, 1.5 * round_seconds)
+    time.sleep(rng.choice([0.0, pause]))  # 0: most likely mid-checkpoint
     process.send_signal(signal.SIGKILL)
     process.communicate()
     logged, saved = len(_rows(victim)), _checkpoints(victim)
     done = saved[-1] if saved else 0
     where = f"kill seed {seed}: {logged} rounds logged, checkpoints {saved}"
     assert logged - done <= 1, f"more than one round lost ({where})"
+    if learners is OVERLAP:  # the resume starts from a checkpoint with rounds to go and their episodes generated ahead
+        assert 0 < done < ROUNDS and (victim / "checkpoints" / f"round-{done:06d}" / "ahead.json").exists(), where
 
     began = time.monotonic()
     _finish(_tutorloop(config, "--resume") if saved else _tutorloop(config))
