@@ -81,8 +81,6 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
                  columns=job.env.columns, first_round=saved.progress.rounds_done if saved else 0,
                  wandb_id=saved.wandb_id if saved else None)
     await note_threads(job.runtime, log)
-    if job.transfer is not None:
-        log.note(job.transfer.note)
     progress = await start(saved, cfg, job, log)
     ahead = Ahead(lambda r: rollout(job, cfg, r, log), cfg.loop.overlap, cfg.loop.rounds, episodes_ahead(saved))
     train_seconds = 0.0
@@ -109,10 +107,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     summary = dict(progress.summary) | {"time/train_seconds": train_seconds}
     if cfg.eval.after:
         summary |= await evaluate(job, cfg, "after", "after training", log)
-    if job.transfer is not None:
-        summary["eval/transfer_source"] = job.transfer.source  # which set: a file, or the built-in stand-in
-    await finish(job, cfg, run_dir, log, summary)
-    return summary
+    return await finish(job, cfg, run_dir, log, summary)
 
 
 async def rollout(job: Run, cfg: RunConfig, r: int, log: RunLog) -> list[Any]:
@@ -183,6 +178,8 @@ async def resync(learners: dict[str, Learner]) -> None:
 async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog) -> Progress:
     """Where the rounds begin: the checkpoint's state restored, or round 0 after the env's lessons
     before it and the eval before."""
+    if job.transfer is not None:
+        log.note(job.transfer.note)  # which transfer set: a file, or the built-in stand-in
     if saved is not None:
         log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
         return await restore(saved, learners=job.learners, generators=job.generators)
@@ -193,14 +190,18 @@ async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog)
     return Progress(summary=before)
 
 
-async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, Any]) -> None:
-    """Each learner's weights saved under its name, the transcripts rendered, the log closed."""
+async def finish(job: Run, cfg: RunConfig, run_dir: Path, log: RunLog, summary: dict[str, Any]) -> dict[str, Any]:
+    """Each learner's weights saved under its name, the transcripts rendered, the log closed with
+    the run's summary, which is returned."""
     for name, learner in job.learners.items():
         await save_model(learner.trainer, run_dir / name)
         log.note(f"{name} ({learner.agent}) saved to {run_dir / name}")
     log.note(f"transcripts: {write_viewer(run_dir, title=cfg.name)}")
+    if job.transfer is not None:
+        summary = summary | {"eval/transfer_source": job.transfer.source}
     log.finish(summary)
     job.runtime.shutdown()
+    return summary
 
 
 def after_round(progress: Progress, r: int, versions: dict[str, int], metrics: dict[str, float],
