@@ -19,8 +19,8 @@ Comparisons (full-parameter training, fp32, 2 threads, AdamW lr 1e-4, grad clip 
 
 TRL runs with its anchor configs (../shared/bench-anchors/bench_{sft,dpo,gkd}.py) and gradient
 checkpointing OFF, the faster TRL figures of results/TABLE.md. TRL's own `train()` loop runs in a
-thread that yields after every k optimizer steps, so its windows and ours take turns in one process:
-load changes on the box hit both sides alike. Rates are medians over many short windows after
+child process, in a thread that yields after every k optimizer steps, so its windows and ours take
+turns (`TRLProcess` says why not in this process): load changes on the box hit both sides alike. Rates are medians over many short windows after
 warm-up; each ratio is the median of the per-window ratios (ours and baseline timed back to back).
 """
 
@@ -60,7 +60,8 @@ class ModelAssets:
     def __init__(self, common: Any, model: str) -> None:
         from tutorloop.models import resolve_model
 
-        self.common, self.dir = common, Path(tempfile.mkdtemp(prefix="tutorloop-bench-model-"))
+        self.common, self.model = common, model
+        self.dir = Path(tempfile.mkdtemp(prefix="tutorloop-bench-model-"))
         for name in ("student", "teacher"):
             (self.dir / name).symlink_to(resolve_model(model))
 
@@ -326,6 +327,59 @@ class PacedTRL:
         self.thread.join()
 
 
+class TRLProcess:
+    """A `PacedTRL` in a child process, driven window by window over a pipe: the same interface.
+
+    Why not a thread of this process: libgomp throttles its spin-wait to ~1000 iterations once a
+    process holds more OpenMP threads than cores, and TRL's thread brings its own team (2 + 2 on 2
+    cores). Every small op then sleeps and wakes its workers, as OMP_WAIT_POLICY=passive does:
+    measured here, our tiny-model round's generation went from ~180 to ~400 ms a round after one
+    TRL window in the process, and stayed there. Apart, each side has only its own team; the side
+    that waits blocks on the pipe and uses no CPU."""
+
+    def __init__(self, common: Any, builder: str, *args: Any) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once OpenMP threads exist
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_trl_child, args=(child, builder, getattr(common, "model", None), args),
+                                       daemon=True)
+        self.process.start()
+        self._answer()  # built: loading and dataset preparation are not timed
+
+    def _answer(self) -> Any:
+        reply = self.conn.recv()
+        if isinstance(reply, BaseException):
+            raise RuntimeError(f"the TRL process failed: {reply!r}")
+        return reply
+
+    def __call__(self, k: int) -> float:
+        self.conn.send(k)
+        return self._answer()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self._answer()
+        self.process.join()
+
+
+def _trl_child(conn: Any, builder: str, model: str | None, args: tuple[Any, ...]) -> None:
+    try:
+        common = load_common()
+        common = ModelAssets(common, model) if model else common
+        common.set_threads(THREADS)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore")
+        paced = globals()[builder](common, *args)
+        conn.send("ready")
+        while (k := conn.recv()) is not None:
+            conn.send(paced(k))
+        paced.close()
+        conn.send("closed")
+    except BaseException as exc:  # surfaced in the parent by TRLProcess._answer
+        conn.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
 def trl_kwargs(common: Any, name: str, steps: int) -> dict[str, Any]:
     out = Path(tempfile.gettempdir()) / "tutorloop-bench" / name
     return common.trainer_common_kwargs(str(out), steps, gc=False)
@@ -407,7 +461,7 @@ def serial(*rates: list[float]) -> list[float]:
 def bench_sft(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
     steps = plan["warmup"] + plan["windows"] * plan["k_sft"]
     texts, examples = sft_data(common, steps * BATCH)
-    trl = trl_sft(common, texts, steps)
+    trl = TRLProcess(common, "trl_sft", texts, steps)
     contenders = {"ours": step_window(our_trainer(common, {"sft": 1}), batches(examples, "sft")), "trl": trl,
                   "bare": bare_torch_window(common, texts),
                   "ours_autocast": step_window(our_trainer(common, {"sft": 1}, "auto"), batches(examples, "sft"))}
@@ -426,7 +480,7 @@ def bench_sft(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
 def bench_dpo(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
     steps = plan["warmup"] + plan["windows"] * plan["k_dpo"]
     columns, pairs = dpo_data(common, steps * BATCH)
-    trl = trl_dpo(common, columns, steps)
+    trl = TRLProcess(common, "trl_dpo", columns, steps)
     contenders = {"ours": step_window(our_trainer(common, {"dpo": 1}), batches(pairs, "dpo")), "trl": trl,
                   "ours_autocast": step_window(our_trainer(common, {"dpo": 1}, "auto"), batches(pairs, "dpo"))}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_dpo"], windows=plan["windows"])
@@ -455,7 +509,7 @@ def bench_opd(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]], 
     conversations = gkd_data(common, steps * BATCH)
     student, teacher = generators(common)
     examples = opd_examples(conversations, student, teacher)
-    trl = trl_gkd(common, conversations, steps, lmbda=0.0)
+    trl = TRLProcess(common, "trl_gkd", conversations, steps, 0.0)
     contenders = {"ours": step_window(our_trainer(common, {"kd": 1}), batches(examples, "kd")), "trl": trl,
                   "score": teacher_score_window(teacher, [tuple(c[:1]) for c in conversations], examples)}
     rates = interleave(contenders, warmup=plan["warmup"], k=plan["k_opd"], windows=plan["windows"])
@@ -490,7 +544,7 @@ def bench_round(common: Any, plan: dict[str, int]) -> tuple[list[dict[str, Any]]
     conversations = gkd_data(common, steps * BATCH)
     prompts = [[tuple(c[:1]) for c in conversations[i:i + BATCH]] for i in range(0, len(conversations), BATCH)]
     student, teacher = generators(common)
-    trl = trl_gkd(common, conversations, steps, lmbda=1.0)
+    trl = TRLProcess(common, "trl_gkd", conversations, steps, 1.0)
     phases: dict[str, list[float]] = {}
     contenders = {"ours": round_window(our_trainer(common, {"kd": 1}), student, teacher, prompts, phases),
                   "trl": trl}

@@ -66,6 +66,10 @@ class CorrectionEnvConfig(EnvConfigBase):
     max_reply_chars: int = Field(4000, ge=16)
     """Teacher and mentor replies are cut to this many characters before anyone reads them, so a
     runaway reply cannot overflow the next prompt (counted as `episodes/truncated_replies`)."""
+    reference_targets: bool = True
+    """Where no teacher correction verifies, the reference solution stands in for it (so the mentor
+    has something to advise from); true: it is also an SFT target and a DPO "chosen". False keeps the
+    targets to text a model wrote (verified corrections, accepted revisions), in a model's own style."""
 
     def parts(self) -> dict[str, str]:
         """Part in this env → the agent that plays it."""

@@ -274,3 +274,25 @@ def test_pg_with_reference_kl_trains_and_is_zero_without_advantage(tiny_lm_dir):
     assert abs(first["pg/kl_ref"]) < 1e-6 and first["loss/pg"] == pytest.approx(-1.0, abs=1e-4)  # rho = 1, A = 1
     second = asyncio.run(trainer.step(batch))
     assert second["pg/kl_ref"] > 0 and second["policy_version"] == 2.0
+
+
+@pytest.mark.parametrize("name", ["sft", "kd"])
+def test_the_kl_anchor_is_zero_at_the_start_and_holds_the_policy_near_the_reference(tiny_lm_dir, tiny_teacher_dir, name):
+    """`ref_kl`: the exact KL to the initial policy at the trained positions. It is 0 before the
+    first update (LoRA's B starts at 0), enters the loss with its coefficient, and after the same
+    steps leaves the anchored student nearer the reference than a student trained without it."""
+    batch = ((sft(PROMPT, "The answer is 5."), sft(PROMPTS[1], "15")) if name == "sft"
+             else _opd_examples(tiny_lm_dir, tiny_teacher_dir))  # another model: kd pulls the student away
+    # Near the reference the KL is quadratic in the drift, so its pull is weak against a random
+    # model's NLL (~5 nats a token) unless the coefficient is large.
+    free, anchored = _trainer(tiny_lm_dir, {name: {"ref_kl": 1e-9}}), _trainer(tiny_lm_dir, {name: {"ref_kl": 50.0}})
+    first = asyncio.run(anchored.step(batch))
+    assert abs(first[f"{name}/kl_ref"]) < 1e-9
+    asyncio.run(free.step(batch))
+    for _ in range(5):
+        held, drifted = asyncio.run(anchored.step(batch)), asyncio.run(free.step(batch))
+    assert 0 < held[f"{name}/kl_ref"] < 0.5 * drifted[f"{name}/kl_ref"]
+    plain = _trainer(tiny_lm_dir, {name: 1.0})  # same weights as `anchored` now: loss = base + 50 KL
+    plain.model.load_state_dict(anchored.model.state_dict())
+    with_anchor, without = anchored.accumulate(batch), plain.accumulate(batch)
+    assert with_anchor[f"loss/{name}"] == pytest.approx(without[f"loss/{name}"] + 50.0 * with_anchor[f"{name}/kl_ref"], rel=1e-4)

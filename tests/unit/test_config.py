@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tutorloop.config import load_config
-from tutorloop.objectives import REGISTRY, Params
+from tutorloop.objectives import REGISTRY, AnchoredParams, Params
 from tutorloop.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))  # configs/methods too
@@ -75,7 +75,7 @@ def test_objectives_take_a_weight_or_parameters(tmp_path):
     path.write_text(BASE + "trainer: {objectives: {sft: 1.0, dpo: {weight: 0.5, beta: 0.2, loss_type: ipo}, "
                     "kd: {weight: 1.0, beta: 0.5, top_k: 20, temperature: 2.0}}}\n")
     objectives = load_config(path).trainer.objectives
-    assert objectives["sft"] == Params(weight=1.0)
+    assert objectives["sft"] == AnchoredParams(weight=1.0)
     assert (objectives["dpo"].weight, objectives["dpo"].beta, objectives["dpo"].loss_type) == (0.5, 0.2, "ipo")
     assert objectives["kd"].temperature == 2.0 and objectives["kd"].top_k == 20
     assert "dpo.loss_type" in _error(tmp_path, BASE, ["trainer.objectives.dpo={loss_type: hinge}"])

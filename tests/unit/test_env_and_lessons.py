@@ -66,6 +66,23 @@ def test_reference_solution_stands_in_when_no_candidate_verifies():
     assert PROBLEM.solution in correction.text and "you added wrong" in correction.text
 
 
+def test_reference_targets_false_keeps_only_text_a_model_wrote(tiny_tokenizer):
+    """The reference stands in (no teacher candidate verifies) and the student's revision is right:
+    by default both are SFT targets; `reference_targets=False` trains on the revision alone, and
+    DPO's chosen is the revision either way."""
+    agents = _agents(["The answer is 11.", "6 + 23 = 29. The answer is 29."], ["Solution: The answer is 30."], ["hint"])
+    episode = _run(agents)
+    assert episode.turns[1].provenance == "reference"
+    encode = TokenEncoder(tiny_tokenizer)
+    both = to_lessons([episode], verify, encode, objectives={"sft", "dpo"})
+    own = to_lessons([episode], verify, encode, objectives={"sft", "dpo"}, reference_targets=False)
+    assert sorted(x.provenance for x in both if x.objective == "sft") == ["revision", "teacher:reference"]
+    assert [x.provenance for x in own if x.objective == "sft"] == ["revision"]
+    revision = encode.text("6 + 23 = 29. The answer is 29.")
+    assert [x.target_ids for x in own if x.objective == "dpo"] == [revision]
+    assert [x.target_ids for x in both if x.objective == "dpo"] == [revision]
+
+
 def test_mentor_never_passes_the_answer_on():
     agents = _agents(["The answer is 11.", "The answer is 11."], ["Solution: The answer is 29."],
                      ["The answer is 29, so fix 6 + 23."])

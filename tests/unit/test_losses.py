@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tutorloop.objectives.losses import (
     dpo_loss,
     dpo_rewards,
+    full_kl_sum,
     generalized_jsd,
     ipo_loss,
     opd_jsd_sum,
@@ -449,3 +450,28 @@ def test_opd_jsd_sum_no_nan_on_extreme_inputs(beta, temperature):
     (grad,) = torch.autograd.grad(loss, logits_B_T_V)
     assert _all_finite(loss, grad)
     assert loss.item() > 0.5  # position 1 is a real disagreement (JSD_0.5 <= ln 2 per position)
+
+
+def test_full_kl_sum_by_hand_weighted_by_the_mask_and_without_gradient_to_the_reference():
+    """Two positions over a 2-token vocabulary: p = (1/2, 1/2) against q = (1/4, 3/4) gives
+    KL = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3); the second position has p = q (KL 0), the third is
+    masked out, and a mask weight of 0.5 halves the first's term."""
+    logits = torch.tensor([[[0.0, 0.0], [LN(1), LN(3)], [5.0, -5.0]]], dtype=f64, requires_grad=True)
+    ref = torch.tensor([[[LN(1), LN(3)], [LN(1), LN(3)], [0.0, 0.0]]], dtype=f64, requires_grad=True)
+    mask = torch.tensor([[0.5, 1.0, 0.0]], dtype=f64)
+    kl = full_kl_sum(logits, ref, mask)
+    assert kl.item() == pytest.approx(0.5 * 0.5 * LN(4 / 3), rel=1e-12)
+    kl.backward()
+    assert ref.grad is None or not ref.grad.any()  # the anchor pulls the policy only
+    assert logits.grad[0, 2].abs().sum() == 0 and logits.grad[0, 0].abs().sum() > 0
+    same = full_kl_sum(ref.detach(), ref.detach(), torch.ones(1, 3, dtype=f64))
+    assert same.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_full_kl_sum_matches_torch_kl_div():
+    torch.manual_seed(0)
+    logits, ref = torch.randn(2, 5, 11, dtype=f64), torch.randn(2, 5, 11, dtype=f64)
+    mask = (torch.rand(2, 5) > 0.3).to(f64)
+    # F.kl_div(input=log q, target=log p, log_target=True) = sum p (log p - log q) = KL(p || q)
+    want = (F.kl_div(ref.log_softmax(-1), logits.log_softmax(-1), reduction="none", log_target=True).sum(-1) * mask).sum()
+    assert full_kl_sum(logits, ref, mask).item() == pytest.approx(want.item(), rel=1e-10)

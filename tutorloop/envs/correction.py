@@ -45,18 +45,20 @@ class CorrectionEnv(SolvesBareProblems):
 
     def __init__(self, parts: Mapping[str, str] | None = None, *, max_rounds: int, num_candidates: int = 1,
                  feedback_candidates: int = 1, max_reply_chars: int = 4000, score_top_k: int = 0,
-                 objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
+                 reference_targets: bool = True, objectives: frozenset[str] = frozenset(), verifier: moves.Verifier = verify,
                  encode: TokenEncoder | None = None, learner: str = "student", mentor: Learning | None = None) -> None:
         """parts: part (student, teacher, mentor) → agent name (default: the part's own). score_top_k > 0: the teacher scores
         student attempts with that many top-k log-probs (OPD); 0: no scoring. feedback_candidates:
         mentor feedbacks per mistake, each followed by its own revision. max_reply_chars:
         teacher and mentor replies are cut there. objectives: the lessons `lessons` makes, with text
         targets encoded by `encode` (the student's tokenizer), addressed to `learner`. mentor: how the
-        mentor learns, if it does."""
+        mentor learns, if it does. reference_targets: a reference solution that stood in for the
+        teacher's correction is a training target too."""
         self.parts = dict(parts or {p: p for p in ("student", "teacher", "mentor")})
         self.max_rounds, self.num_candidates, self.feedback_candidates = max_rounds, num_candidates, feedback_candidates
         self.max_reply_chars, self.score_top_k, self.objectives = max_reply_chars, score_top_k, objectives
         self.verifier, self.encode, self.learner, self.mentor = verifier, encode, learner, mentor
+        self.reference_targets = reference_targets
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> CorrectionEnv:
@@ -66,7 +68,7 @@ class CorrectionEnv(SolvesBareProblems):
         student = learning.get("student")
         return cls(env.parts(), max_rounds=env.max_rounds, num_candidates=env.num_candidates,
                    feedback_candidates=env.feedback_candidates, max_reply_chars=env.max_reply_chars,
-                   score_top_k=student.top_k if student else 0, mentor=learning.get("mentor"),
+                   reference_targets=env.reference_targets, score_top_k=student.top_k if student else 0, mentor=learning.get("mentor"),
                    **learner_kwargs(cfg, "student"))
 
     async def run(self, problem: Problem, agents: Mapping[str, AgentHandle]) -> Episode:
@@ -89,7 +91,8 @@ class CorrectionEnv(SolvesBareProblems):
         if self.objectives:
             assert self.encode is not None, "lessons need the student's tokenizer (encode=)"
             out += [replace(x, learner=self.learner) for x in
-                    to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives))]
+                    to_lessons(episodes, self.verifier, self.encode, objectives=set(self.objectives),
+                               reference_targets=self.reference_targets)]
         if self.mentor is not None:
             out += to_mentor_lessons(episodes, self.mentor.encode, objectives=set(self.mentor.objectives),
                                      learner=self.mentor.learner, verify=self.verifier)

@@ -31,12 +31,13 @@ SCORED_OBJECTIVES = {"kd", "opd_pg"}
 
 
 def to_lessons(episodes: Iterable[Episode], verify: Verifier, encode: TokenEncoder, *,
-               objectives: set[str]) -> list[Lesson]:
-    """The student's lessons from correction episodes, in the student's token ids (`encode`)."""
+               objectives: set[str], reference_targets: bool = True) -> list[Lesson]:
+    """The student's lessons from correction episodes, in the student's token ids (`encode`).
+    reference_targets=False: a reference solution that stood in for the teacher is no target."""
     lessons: list[Lesson] = []
     pairs, scored = objectives & PAIR_OBJECTIVES, objectives & SCORED_OBJECTIVES
     for episode in episodes:
-        accepted = accepted_targets(episode, verify)
+        accepted = [a for a in accepted_targets(episode, verify) if reference_targets or a[2].provenance != "reference"]
         first = episode.turns[0]
         prompt_ids = encode.prompt(first.prompt)
         targets = [(target_ids(encode, text, turn), source) for text, source, turn in accepted]

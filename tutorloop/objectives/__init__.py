@@ -88,7 +88,19 @@ class RediParams(Params):
     """Weight of the rejected side's length-normalized log-prob (REDI, METHODS F4)."""
 
 
-class KDParams(Params):
+class AnchoredParams(Params):
+    ref_kl: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    """Coefficient of a KL anchor to the reference (the initial policy: LoRA adapters off): the exact
+    KL(pi_theta || pi_ref) over the whole vocabulary at every trained position, summed like the loss.
+    It holds the distribution of the next token near the reference's wherever the target does not
+    pull it, so training on one task's style costs less of the model's behaviour elsewhere."""
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.ref_kl > 0
+
+
+class KDParams(AnchoredParams):
     beta: float = Field(0.5, ge=0.0, le=1.0)
     """Generalized-JSD interpolation: 0 = forward KL(teacher||student), 1 = reverse KL (TRL GKD)."""
     temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
@@ -140,6 +152,8 @@ class TokenInputs:
     off_policy_B: Tensor | None = None
     """Rows whose target no policy sampled (`Lesson.off_policy`); read with `advantage_B`."""
     ref_logp_B_T: Tensor | None = None
+    ref_logits_B_T_V: Tensor | None = None
+    """The reference's logits at the same positions, filled when the params `uses_reference`."""
 
 
 @dataclass(frozen=True)
@@ -246,10 +260,10 @@ def unit_count(name: str, targets: list[int]) -> int:
 # --------------------------------------------------------------------------------------------- #
 
 
-def _sft(x: TokenInputs, p: Params) -> tuple[Tensor, dict[str, Tensor]]:
+def _sft(x: TokenInputs, p: AnchoredParams) -> tuple[Tensor, dict[str, Tensor]]:
     from tutorloop.objectives import losses
 
-    return losses.sft_nll_sum(x.logp_B_T, x.mask_B_T), {}
+    return _anchored(losses.sft_nll_sum(x.logp_B_T, x.mask_B_T), {}, x, p)
 
 
 def _kd(x: TokenInputs, p: KDParams) -> tuple[Tensor, dict[str, Tensor]]:
@@ -258,7 +272,19 @@ def _kd(x: TokenInputs, p: KDParams) -> tuple[Tensor, dict[str, Tensor]]:
     assert x.teacher_topk_ids_B_T_K is not None and x.teacher_topk_logp_B_T_K is not None
     loss = losses.opd_jsd_sum(x.logits_B_T_V, x.teacher_topk_ids_B_T_K, x.teacher_topk_logp_B_T_K, x.mask_B_T,
                               beta=p.beta, temperature=p.temperature)
-    return loss, {"kl/teacher_student": _k1_to_teacher(x)}
+    return _anchored(loss, {"kl/teacher_student": _k1_to_teacher(x)}, x, p)
+
+
+def _anchored(loss: Tensor, metrics: dict[str, Tensor], x: TokenInputs,
+              p: AnchoredParams) -> tuple[Tensor, dict[str, Tensor]]:
+    """`loss` plus `ref_kl` times the KL anchor (logged as `kl_ref` whenever it is on)."""
+    from tutorloop.objectives import losses
+
+    if p.ref_kl == 0:
+        return loss, metrics
+    assert x.ref_logits_B_T_V is not None
+    kl = losses.full_kl_sum(x.logits_B_T_V, x.ref_logits_B_T_V, x.mask_B_T)
+    return loss + p.ref_kl * kl, metrics | {"kl_ref": kl.detach()}
 
 
 def _k1_to_teacher(x: TokenInputs) -> Tensor:
@@ -335,7 +361,7 @@ def _redi(x: PairInputs, p: RediParams) -> tuple[Tensor, dict[str, Tensor]]:
                                          "rejected_logp": x.rejected_logp_B.detach().sum()}
 
 
-register(Objective("sft", _sft, "tokens"))
+register(Objective("sft", _sft, "tokens", AnchoredParams))
 register(Objective("dpo", _dpo, "pairs", DPOParams, frozenset({"rejected_ids"})))
 register(Objective("redi", _redi, "pairs", RediParams, frozenset({"rejected_ids"})))
 register(Objective("kd", _kd, "tokens", KDParams, frozenset({"teacher_scores"}), on_policy=True))

@@ -239,6 +239,16 @@ def generalized_jsd(student_logp_N_V: Tensor, teacher_logp_N_V: Tensor, *, beta:
     return (beta_t * kl_teacher_N_V + (1 - beta_t) * kl_student_N_V).sum(dim=-1)
 
 
+def full_kl_sum(logits_B_T_V: Tensor, ref_logits_B_T_V: Tensor, mask_B_T: Tensor) -> Tensor:
+    """sum_t mask_t * KL(pi_theta(.|t) || pi_ref(.|t)), exact over the vocabulary, at the N positions
+    the mask keeps (the KL anchor of `sft` and `kd`). The reference side carries no gradient."""
+    keep_B_T = mask_B_T != 0
+    wide = torch.promote_types(logits_B_T_V.dtype, torch.float32)  # bf16 logits: softmax in fp32
+    logp_N_V = torch.log_softmax(logits_B_T_V[keep_B_T].to(wide), dim=-1)
+    ref_N_V = torch.log_softmax(ref_logits_B_T_V[keep_B_T].to(wide), dim=-1).detach()
+    return (_kl_terms(logp_N_V, ref_N_V).sum(dim=-1) * mask_B_T[keep_B_T]).sum()
+
+
 def _tail_logp(logp_N_K: Tensor) -> Tensor:
     """log(1 - sum_k exp(logp_k)) as an [N, 1] column: the mass outside the K listed buckets.
 

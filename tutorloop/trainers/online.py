@@ -134,6 +134,8 @@ class OnlineTrainer:
             with torch.no_grad(), self._reference() as reference:
                 ref_logits, _, _ = self._forward(chunk, reference)
                 extra["ref_logp_B_T"] = losses.token_logprobs(ref_logits, labels)
+                if getattr(params, "ref_kl", 0) > 0:  # the KL anchor reads whole distributions
+                    extra["ref_logits_B_T_V"] = ref_logits
         return registry.TokenInputs(logits, losses.token_logprobs(logits, labels), mask * weight_B_T, **extra)
 
     def _pairs(self, objective: registry.Objective, params: registry.Params, pairs: Sequence[Any],
