@@ -20,40 +20,9 @@ from tutorloop.env_config import (ENV_NAMES, AmpoEnvConfig, CorrectionEnvConfig,
                                   EnvConfig, FirstErrorEnvConfig, InterventionEnvConfig, KLMask, PeerReviewEnvConfig,
                                   RLTEnvConfig, RolloutsEnvConfig, TailoredEnvConfig)
 from tutorloop.learner_config import LearnerConfig, LoraConfig, TrainerConfig
+from tutorloop.task_config import MixConfig, TasksConfig, TransferConfig
 from tutorloop.errors import UserError
 from tutorloop import objectives as objective_registry
-
-
-class TasksConfig(Strict):
-    source: Literal["arithmetic", "gsm8k", "jsonl", "mathdial", "svamp", "math500", "hf"] = "arithmetic"
-    """Built-in arithmetic word problems, GSM8K-format JSONL, plain {id, prompt, answer, solution} JSONL,
-    MathDial JSONL (its question and ground truth; tutoring runs also take its students and dialogues),
-    SVAMP (one JSON array of {Body, Question, Answer}), MATH-500 JSONL ({problem, answer}: LaTeX
-    answers, graded on the reply's last \\boxed{} by math-verify) or a Hugging Face dataset (`hf`)."""
-    path: str | None = None
-    """The data file of a file source; for `hf`, a directory written by `save_to_disk` or a hub
-    dataset id already in the local Hugging Face cache (nothing is downloaded)."""
-    split: str = "train"
-    """hf only: the split to read (a directory saved from a single split is that split)."""
-    question_field: str = "question"
-    """hf only: the column that holds the problem text."""
-    answer_field: str = "answer"
-    """hf only: the column that holds the answer: a number, or GSM8K-style text ending in `#### n`."""
-    difficulty: int = Field(1, ge=1, le=3)
-    """Arithmetic only: steps per problem."""
-    max_prompt_chars: int = Field(4000, ge=1)
-    """Longest problem text a data file may hold; a longer one is an error naming its line, since it
-    would not fit the models' context."""
-    num_train: int = Field(256, ge=0)
-    """Training problems (0 = all that remain after the eval split)."""
-    num_eval: int = Field(64, ge=1)
-    """Held-out problems, disjoint from training by id."""
-
-    @model_validator(mode="after")
-    def _files_need_a_path(self) -> TasksConfig:
-        if self.source != "arithmetic" and not self.path:
-            raise ValueError(f"source '{self.source}' needs `path`")
-        return self
 
 
 class LoopConfig(Strict):
@@ -92,32 +61,6 @@ class CheckpointConfig(Strict):
     since the last one (1: at most one round)."""
     keep: int = Field(2, ge=1)
     """Newest checkpoints kept in `run_dir/checkpoints`; older ones go once a newer one is complete."""
-
-
-class TransferConfig(Strict):
-    """A second held-out set the run never trains on, scored before and after training under two
-    prompts: the run's own eval prompt and a plain chat prompt that asks for step-by-step reasoning
-    (forgetting shows in the second). Problems the run trains or evaluates on (same id or same text)
-    are left out; the first `num` that remain, in the file's order, are the set."""
-    source: Literal["gsm8k", "jsonl", "svamp", "builtin"] = "gsm8k"
-    """A file source (GSM8K-format JSONL, plain JSONL, SVAMP) or `builtin`: generated multi-step word
-    problems in GSM8K's style (money, rates, fractions), unlike the arithmetic task's stories."""
-    path: str | None = None
-    """The file of a file source, relative to the working directory like tasks.path. When it is
-    absent the built-in set stands in, with a note saying so (a fresh clone has no ../shared)."""
-    num: int = Field(64, ge=1)
-    """Transfer problems scored at each evaluation."""
-    max_new_tokens: int = Field(256, ge=1)
-    """Reply length on the transfer set under both prompts: reasoning through a multi-step problem
-    takes more tokens than the built-in task's answers."""
-
-    @model_validator(mode="after")
-    def _path_fits_source(self) -> TransferConfig:
-        if self.source != "builtin" and not self.path:
-            raise ValueError(f"path: source '{self.source}' needs `path`")
-        if self.source == "builtin" and self.path:
-            raise ValueError("path: the builtin source generates its problems and reads no file")
-        return self
 
 
 class EvalConfig(Strict):
@@ -395,6 +338,6 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 
 __all__ = ["EMBEDDED_DEFAULT", "MODEL_GENERATORS", "AgentConfig", "AmpoEnvConfig", "CorrectionEnvConfig", "LearnerConfig", "LoraConfig", "TrainerConfig",
            "DialogueEnvConfig", "DistillEnvConfig", "EnvConfig", "FirstErrorEnvConfig", "InterventionEnvConfig", "KLMask",
-           "PeerReviewEnvConfig", "RLTEnvConfig", "RolloutsEnvConfig", "TailoredEnvConfig", "TransferConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
+           "PeerReviewEnvConfig", "RLTEnvConfig", "RolloutsEnvConfig", "TailoredEnvConfig", "TasksConfig", "MixConfig", "TransferConfig", "GeneratorConfig", "HFGeneratorConfig", "OpenAIGeneratorConfig",
            "Resources", "RunConfig", "SamplingConfig", "ScriptedGeneratorConfig", "Strict", "VLLMGeneratorConfig",
            "config_dict", "load_config", "validate_config"]

@@ -23,6 +23,7 @@ from tutorloop.learner import Learner, build_learners
 from tutorloop.metrics import RunLog
 from tutorloop.runtime import build_runtime
 from tutorloop.tasks import TaskPool, build_tasks
+from tutorloop.tasks.mix import build_mix, with_mix
 from tutorloop.tasks.transfer import TransferSet, build_transfer
 from tutorloop.trainers import trained_agents
 from tutorloop.viewer import write_viewer
@@ -41,18 +42,23 @@ class Run:
     runtime: Any
     transfer: TransferSet | None = None
     """The eval.transfer set, scored before and after training; None when not configured."""
+    notes: tuple[str, ...] = ()
+    """Console lines on what the run's problems are: a mixed-in source, the transfer set."""
 
 
 def build_run(cfg: RunConfig) -> Run:
     env = build_env(cfg)
-    tasks = env.problems(build_pool(cfg))
+    mix = None if cfg.tasks.mix is None else build_mix(cfg.tasks.mix.source, path=cfg.tasks.mix.path,
+                                                       num=cfg.tasks.mix.num)
+    tasks = env.problems(build_pool(cfg) if mix is None else with_mix(build_pool(cfg), mix))
+    transfer = transfer_set(cfg, tasks)
     runtime = build_runtime(cfg.runtime)
     check_models(cfg, tuple(cfg.agents))
     agents = build_agents(runtime, cfg.agents, trained=trained_agents(cfg), seed=cfg.seed)
     generators = {name: agent.generator for name, agent in agents.items()}
     return Run(env=env, tasks=tasks, agents=agents, generators=generators,
                learners=build_learners(runtime, cfg, generators), runtime=runtime,
-               transfer=transfer_set(cfg, tasks))
+               transfer=transfer, notes=tuple(x.note for x in (mix, transfer) if x is not None))
 
 
 def transfer_set(cfg: RunConfig, pool: TaskPool) -> TransferSet | None:
@@ -178,8 +184,8 @@ async def resync(learners: dict[str, Learner]) -> None:
 async def start(saved: Checkpoint | None, cfg: RunConfig, job: Run, log: RunLog) -> Progress:
     """Where the rounds begin: the checkpoint's state restored, or round 0 after the env's lessons
     before it and the eval before."""
-    if job.transfer is not None:
-        log.note(job.transfer.note)  # which transfer set: a file, or the built-in stand-in
+    for note in job.notes:  # which mixed-in problems and which transfer set: a file, or the built-in stand-in
+        log.note(note)
     if saved is not None:
         log.note(f"continuing from {saved.path} ({saved.progress.rounds_done} of {cfg.loop.rounds} rounds done)")
         return await restore(saved, learners=job.learners, generators=job.generators)

@@ -29,7 +29,8 @@ def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path
               "mentor": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}}}
     cfg = validate_config({
         "name": "transfer", "run_dir": str(tmp_path / "run"), "runtime": {"kind": "local"}, "agents": agents,
-        "tasks": {"source": "jsonl", "path": str(tasks), "num_train": 8, "num_eval": 2},
+        "tasks": {"source": "jsonl", "path": str(tasks), "num_train": 8, "num_eval": 2,
+                  "mix": {"source": "builtin", "num": 3}},  # tasks.mix: says so, moves no transfer problem
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                     "objectives": {"sft": 1.0}},
         "loop": {"rounds": 1, "problems_per_round": 2},
@@ -43,4 +44,5 @@ def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path
     assert {k: on_disk[k] for k in KEYS} == {k: summary[k] for k in KEYS}
     out = capsys.readouterr().out
     assert "eval.transfer: 6 problems from jsonl:" in out and "(10 left out" in out
+    assert "tasks.mix: 3 built-in word problems mixed into training" in out
     assert "eval before training: transfer" in out and "eval after training: transfer" in out
