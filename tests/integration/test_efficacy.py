@@ -39,18 +39,35 @@ def test_two_arms_under_a_tiny_budget_write_report_plot_and_curves(tmp_path, tin
         "log": {"console": False}}))
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "efficacy"
-    curves = efficacy.main(["--minutes", "0.0001", "--arms", "sft,mixed", "--config", str(config), "--out", str(out)])
-    assert [c.arm for c in curves] == ["sft", "mixed"]
+    curves = efficacy.main(["--minutes", "0.0001", "--arms", "sft,mixed", "--seeds", "0,1", "--config", str(config),
+                            "--out", str(out), "--eval-problems", "5"])
+    assert [(c.arm, c.seed) for c in curves] == [("sft", 0), ("mixed", 0), ("sft", 1), ("mixed", 1)]
     for c in curves:
         assert c.rounds == 1 and c.seconds[0] == 0.0 and c.seconds[-1] > 0  # the budget stops after one round
-        summary = json.loads((out / c.arm / "summary.json").read_text())
+        summary = json.loads((out / f"{c.arm}-s{c.seed}" / "summary.json").read_text())
         assert c.accuracy[0] == summary["eval/accuracy_before"] and c.accuracy[-1] == summary["eval/accuracy_after"]
-    sft_config = json.loads((out / "sft" / "metrics.jsonl").read_text().splitlines()[0])
+        assert c.problems == 5  # --eval-problems reached the run
+    sft_config = json.loads((out / "sft-s0" / "metrics.jsonl").read_text().splitlines()[0])
     assert sft_config["loss/sft"] > 0 and "loss/dpo" not in sft_config  # the arm's weights reached the trainer
+    assert json.loads((out / "sft-s1" / "config.json").read_text())["seed"] == 1
     report = (out / "report.md").read_text()
-    assert "| sft | 1 |" in report and "Mixed at least matches" in report
-    assert (out / "accuracy.png").stat().st_size > 1000
+    assert "| sft | 2 | 1/1 |" in report and ("mixed does not beat" in report or "mixed beats" in report)
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "final.png").stat().st_size > 1000
     assert list(out.glob("wandb/offline-run-*"))
+
+
+def test_intervals_by_hand():
+    """Three seeds: mean +- t(0.975, 2) sd / sqrt(3) = 0.25 +- 4.30 * 0.05 / sqrt(3); one seed: the
+    Wilson half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n) at p = 1/4, n = 64."""
+    import math
+
+    efficacy = load_efficacy()
+    three = efficacy.estimate([0.25, 0.30, 0.20], 64)
+    assert three.mean == pytest.approx(0.25) and three.half == pytest.approx(4.30 * 0.05 / math.sqrt(3))
+    z, n = 1.96, 64
+    wilson = z * math.sqrt(0.25 * 0.75 / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert efficacy.estimate([0.25], n).half == pytest.approx(wilson)
+    assert efficacy.estimate([0.25], n).cell() == "25.0 ± 10.4"
 
 
 def test_each_arm_reports_its_transfer_accuracy_under_both_prompts():
@@ -64,7 +81,9 @@ def test_each_arm_reports_its_transfer_accuracy_under_both_prompts():
     scores = efficacy.transfer_scores(summary)
     assert scores == {"train_before": 0.25, "train_after": 0.5, "chat_before": 0.125, "chat_after": 0.0}
     curves = [efficacy.Curve("sft", (0.0, 1.0), (0.1, 0.2), rounds=1, transfer=scores),
+              efficacy.Curve("sft", (0.0, 1.0), (0.1, 0.2), rounds=1, transfer=scores, seed=1),
               efficacy.Curve("dpo", (0.0, 1.0), (0.1, 0.2), rounds=1)]
     table = efficacy.transfer_table(curves)
-    assert "| sft | 25.0% | 50.0% | 12.5% | 0.0% |" in table and "| dpo | - | - | - | - |" in table
-    assert efficacy.transfer_table(curves[1:]) == []
+    assert "| sft | 25.0 ± 0.0% | 50.0 ± 0.0% | 12.5 ± 0.0% | 0.0 ± 0.0% |" in table  # two equal seeds: no spread
+    assert "| dpo | - | - | - | - |" in table
+    assert efficacy.transfer_table(curves[2:]) == []
