@@ -10,24 +10,32 @@ from pydantic import Field, model_validator
 from tutorloop.agent_config import Strict
 
 
-class MixConfig(Strict):
-    """Training problems of another source added to the pool (never to the held-out split), e.g.
-    GSM8K-format problems beside the built-in arithmetic, so the student also trains on multi-step
-    reasoning in another style than the task's own."""
+class SideSource(Strict):
+    """A second source of problems beside the run's tasks (`tasks.mix`, `eval.transfer`): a file,
+    or the built-in word problems that also stand in when the file is absent (a fresh clone has no
+    ../shared), with a note saying so."""
     source: Literal["gsm8k", "jsonl", "svamp", "builtin"] = "gsm8k"
-    """A file source, or `builtin`: the generated word problems (`tasks/word_problems.py`)."""
+    """A file source (GSM8K-format JSONL, plain JSONL, SVAMP) or `builtin`: generated multi-step word
+    problems in GSM8K's style (money, rates, fractions), unlike the arithmetic task's stories."""
     path: str | None = None
-    """The file of a file source. When it is absent the built-in word problems stand in, with a
-    note saying so (a fresh clone has no ../shared)."""
+    """The file of a file source, relative to the working directory like tasks.path."""
     num: int = Field(64, ge=1)
-    """Problems mixed in: the file's last `num`, so that a transfer set drawn from the same file
-    (its first problems the run never sees) stays the same whatever the mix."""
 
     @model_validator(mode="after")
-    def _path_fits_source(self) -> MixConfig:
+    def _path_fits_source(self) -> SideSource:
         if self.source != "builtin" and not self.path:
             raise ValueError(f"path: source '{self.source}' needs `path`")
+        if self.source == "builtin" and self.path:
+            raise ValueError("path: the builtin source generates its problems and reads no file")
         return self
+
+
+class MixConfig(SideSource):
+    """Training problems of another source added to the pool (never to the held-out split), e.g.
+    GSM8K-format problems beside the built-in arithmetic, so the student also trains on multi-step
+    reasoning in another style than the task's own. `num`: problems mixed in, the file's last `num`,
+    so that a transfer set drawn from the same file (its first problems the run never sees) stays
+    the same whatever the mix."""
 
 
 class TasksConfig(Strict):
@@ -64,27 +72,12 @@ class TasksConfig(Strict):
         return self
 
 
-class TransferConfig(Strict):
+class TransferConfig(SideSource):
     """A second held-out set the run never trains on, scored before and after training under two
     prompts: the run's own eval prompt and a plain chat prompt that asks for step-by-step reasoning
     (forgetting shows in the second). Problems the run trains or evaluates on (same id or same text)
-    are left out; the first `num` that remain, in the file's order, are the set."""
-    source: Literal["gsm8k", "jsonl", "svamp", "builtin"] = "gsm8k"
-    """A file source (GSM8K-format JSONL, plain JSONL, SVAMP) or `builtin`: generated multi-step word
-    problems in GSM8K's style (money, rates, fractions), unlike the arithmetic task's stories."""
-    path: str | None = None
-    """The file of a file source, relative to the working directory like tasks.path. When it is
-    absent the built-in set stands in, with a note saying so (a fresh clone has no ../shared)."""
-    num: int = Field(64, ge=1)
-    """Transfer problems scored at each evaluation."""
+    are left out; the first `num` that remain, in the file's order, are the set (`num`: transfer
+    problems scored at each evaluation)."""
     max_new_tokens: int = Field(256, ge=1)
     """Reply length on the transfer set under both prompts: reasoning through a multi-step problem
     takes more tokens than the built-in task's answers."""
-
-    @model_validator(mode="after")
-    def _path_fits_source(self) -> TransferConfig:
-        if self.source != "builtin" and not self.path:
-            raise ValueError(f"path: source '{self.source}' needs `path`")
-        if self.source == "builtin" and self.path:
-            raise ValueError("path: the builtin source generates its problems and reads no file")
-        return self
