@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import random
+import runpy
 import statistics
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from tutorloop.hardware import usable_cores
 ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "bench-anchors"
 RESULTS = Path(__file__).resolve().parent / "results" / "trl_speed.json"
 BATCH, NEW_TOKENS, TOP_K = 8, 64, 20
+CHILD = "__trl_child__"  # run_name of a TRLProcess's child
 THREADS = usable_cores()  # both sides get every core this process may use (2 on the CI-sized box)
 TARGETS = {"objective": 2.0, "round": 3.0, "mixed": 1.1}
 
@@ -342,8 +344,11 @@ class TRLProcess:
 
         context = multiprocessing.get_context("spawn")  # fork is unsafe once OpenMP threads exist
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_trl_child, args=(child, builder, getattr(common, "model", None), args),
-                                       daemon=True)
+        # The child runs this file by path (runpy), not by module name: tests load it under another
+        # name than any the child could import.
+        work = {"TRL_CHILD": (child, builder, getattr(common, "model", None), args)}
+        self.process = context.Process(target=runpy.run_path, args=(__file__,),
+                                       kwargs={"init_globals": work, "run_name": CHILD}, daemon=True)
         self.process.start()
         self._answer()  # built: loading and dataset preparation are not timed
 
@@ -640,3 +645,5 @@ def versions() -> dict[str, str]:
 
 if __name__ == "__main__":
     main()
+elif __name__ == CHILD:  # a TRLProcess's child
+    _trl_child(*globals()["TRL_CHILD"])

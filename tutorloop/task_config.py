@@ -20,6 +20,7 @@ class SideSource(Strict):
     path: str | None = None
     """The file of a file source, relative to the working directory like tasks.path."""
     num: int = Field(64, ge=1)
+    """How many problems: mixed into training (`tasks.mix`), or scored at each evaluation (`eval.transfer`)."""
 
     @model_validator(mode="after")
     def _path_fits_source(self) -> SideSource:

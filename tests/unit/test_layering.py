@@ -25,6 +25,7 @@ LAYERS = {
     "tutorloop.agent_config": (1, "the `agents:` section of the run config, which re-exports it"),
     "tutorloop.env_config": (1, "the `env:` section of the run config, which re-exports it"),
     "tutorloop.learner_config": (1, "the `learners:` and `trainer:` sections of the run config, which re-exports them"),
+    "tutorloop.task_config": (1, "the `tasks:` and `eval.transfer` sections of the run config, which re-exports them"),
     "tutorloop.graders": (1, ""),
     "tutorloop.models": (1, ""),
     "tutorloop.hardware": (1, "measures the machine for models' and trainers' dtype; imports nothing"),
