@@ -64,11 +64,11 @@ class Curve:
     accuracy: tuple[float, ...]
     rounds: int
     transfer: dict[str, float] = field(default_factory=dict)
+    """The eval.transfer set before and after training under both prompts, by prompt and time
+    (`train_before`, `train_after`, `chat_before`, `chat_after`); empty when the config has none."""
     seed: int = 0
     problems: int = 0
     """Held-out problems per evaluation (for the one-seed Wilson interval)."""
-    """The eval.transfer set before and after training under both prompts, by prompt and time
-    (`train_before`, `train_after`, `chat_before`, `chat_after`); empty when the config has none."""
 
     @property
     def gain_points(self) -> float:

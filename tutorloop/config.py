@@ -210,6 +210,24 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _retain_has_kl_ref(self) -> RunConfig:
+        """`tasks.retain` and objective `kl_ref` come together: the texts are only read by `kl_ref`,
+        and the student's learner (the agent that answers bare problems) is the one held on them."""
+        student = self.env.parts().get("student")
+        learner = self.learner_of(student) if student else None
+        for name, spec in self.learner_configs.items():
+            field = f"learners.{name}" if self.learners else "trainer"
+            if "kl_ref" in objective_registry.active(spec.objectives) and (self.tasks.retain is None or name != learner):
+                why = ("needs tasks.retain, the texts it holds the student on" if name == learner else
+                       f"only the student's learner is held on tasks.retain (this one trains '{spec.agent}')")
+                raise ValueError(f"{field}.objectives.kl_ref: {why}")
+        held = learner is not None and "kl_ref" in objective_registry.active(self.learner_configs[learner].objectives)
+        if self.tasks.retain is not None and not held:
+            raise ValueError("tasks.retain: only objective kl_ref reads these texts; give the student's learner "
+                             "`kl_ref: <weight>` or set tasks.retain=null")
+        return self
+
+    @model_validator(mode="after")
     def _learners_fit(self) -> RunConfig:
         if self.learners and self.trainer != TrainerConfig():
             raise ValueError("trainer: with `learners`, each learner carries its own settings; move them under "

@@ -18,6 +18,7 @@ from tutorloop.checkpoint import Checkpoint, CheckpointStore, Progress, episodes
 from tutorloop.config import LoopConfig, RunConfig, config_dict
 from tutorloop.envs import Env, RoundEnv, build_env
 from tutorloop.envs.evaluation import transfer_report
+from tutorloop.envs.retain import Retain, build_retain
 from tutorloop.errors import UserError
 from tutorloop.learner import Learner, build_learners
 from tutorloop.metrics import RunLog
@@ -42,6 +43,8 @@ class Run:
     runtime: Any
     transfer: TransferSet | None = None
     """The eval.transfer set, scored before and after training; None when not configured."""
+    retain: Retain | None = None
+    """tasks.retain: the texts each round's `kl_ref` lessons hold the student on; None when not set."""
     notes: tuple[str, ...] = ()
     """Console lines on what the run's problems are: a mixed-in source, the transfer set."""
 
@@ -51,20 +54,22 @@ def build_run(cfg: RunConfig) -> Run:
     mix = None if cfg.tasks.mix is None else build_mix(cfg.tasks.mix.source, path=cfg.tasks.mix.path,
                                                        num=cfg.tasks.mix.num)
     tasks = env.problems(build_pool(cfg) if mix is None else with_mix(build_pool(cfg), mix))
-    transfer = transfer_set(cfg, tasks)
+    retain = build_retain(cfg)
+    transfer = transfer_set(cfg, tasks, retain.problems if retain else ())
     runtime = build_runtime(cfg.runtime)
     check_models(cfg, tuple(cfg.agents))
     agents = build_agents(runtime, cfg.agents, trained=trained_agents(cfg), seed=cfg.seed)
     generators = {name: agent.generator for name, agent in agents.items()}
     return Run(env=env, tasks=tasks, agents=agents, generators=generators,
                learners=build_learners(runtime, cfg, generators), runtime=runtime,
-               transfer=transfer, notes=tuple(x.note for x in (mix, transfer) if x is not None))
+               transfer=transfer, retain=retain, notes=tuple(x.note for x in (mix, retain, transfer) if x is not None))
 
 
-def transfer_set(cfg: RunConfig, pool: TaskPool) -> TransferSet | None:
-    """eval.transfer's problems, none of which the run trains or evaluates on."""
+def transfer_set(cfg: RunConfig, pool: TaskPool, retained: tuple = ()) -> TransferSet | None:
+    """eval.transfer's problems, none of which the run trains, evaluates or holds the student on."""
     t = cfg.eval.transfer
-    return None if t is None else build_transfer(t.source, path=t.path, num=t.num, seen=pool.train + pool.eval)
+    return None if t is None else build_transfer(t.source, path=t.path, num=t.num,
+                                                 seen=pool.train + pool.eval + tuple(retained))
 
 
 def build_pool(cfg: RunConfig) -> TaskPool:
@@ -97,6 +102,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         episodes_P = await ahead.episodes(r)  # with overlap: generated while round r - 1 trained
         episode_seconds = time.perf_counter() - began
         lessons = job.env.lessons(episodes_P)  # each addressed to a learner, with the policy version that made it
+        lessons += job.retain.lessons(r) if job.retain else []  # texts the student is held at the reference on
         ahead.start(r)  # the next rounds' episodes, sampled with the weights from before this round's steps
         versions, metrics = await step_learners(job, lessons, progress, cfg.loop, r, ahead)
         metrics |= await generation_metrics(job.generators)

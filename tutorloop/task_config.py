@@ -20,7 +20,8 @@ class SideSource(Strict):
     path: str | None = None
     """The file of a file source, relative to the working directory like tasks.path."""
     num: int = Field(64, ge=1)
-    """How many problems: mixed into training (`tasks.mix`), or scored at each evaluation (`eval.transfer`)."""
+    """How many problems: mixed into training (`tasks.mix`), kept as texts to hold the student on
+    (`tasks.retain`), or scored at each evaluation (`eval.transfer`)."""
 
     @model_validator(mode="after")
     def _path_fits_source(self) -> SideSource:
@@ -37,6 +38,17 @@ class MixConfig(SideSource):
     reasoning in another style than the task's own. `num`: problems mixed in, the file's last `num`,
     so that a transfer set drawn from the same file (its first problems the run never sees) stays
     the same whatever the mix."""
+
+
+class RetainConfig(SideSource):
+    """Texts of another kind than the task's on which the student is held at the reference model's
+    next-token distributions (objective `kl_ref`, Learning without Forgetting): each problem's
+    reference solution after the problem, under the run's prompt and under the plain chat prompt.
+    Nothing of them is learned, and no agent answers them; `num`: the problems kept, the file's
+    last `num` (as `tasks.mix`), so a transfer set from the file's first problems never meets them."""
+    per_round: int = Field(8, ge=1)
+    """Problems whose texts join each round's lessons (two lessons each, one per prompt), in turn
+    through the `num` kept."""
 
 
 class TasksConfig(Strict):
@@ -65,6 +77,8 @@ class TasksConfig(Strict):
     """Held-out problems, disjoint from training by id."""
     mix: MixConfig | None = None
     """Training problems of a second source, added to `num_train` of this one."""
+    retain: RetainConfig | None = None
+    """Texts the student is held at the reference on (objective `kl_ref`, which needs them)."""
 
     @model_validator(mode="after")
     def _files_need_a_path(self) -> TasksConfig:

@@ -296,3 +296,33 @@ def test_the_kl_anchor_is_zero_at_the_start_and_holds_the_policy_near_the_refere
     plain.model.load_state_dict(anchored.model.state_dict())
     with_anchor, without = anchored.accumulate(batch), plain.accumulate(batch)
     assert with_anchor[f"loss/{name}"] == pytest.approx(without[f"loss/{name}"] + 50.0 * with_anchor[f"{name}/kl_ref"], rel=1e-4)
+
+
+def test_kl_ref_holds_retained_texts_at_the_reference_without_learning_them(tiny_lm_dir):
+    """`kl_ref` (tasks.retain): only the exact KL to the initial policy at a retained text's
+    positions, no NLL of the text. It is 0 before the first update; while SFT moves the student, a
+    student that also takes `kl_ref` on other prompts stays nearer the reference on them, and the
+    logged loss is the per-token mean of KL(pi_theta || pi_ref) computed here by hand from the two
+    models' logits."""
+    retained = tuple(Lesson("kl_ref", ENCODE.prompt(p), ENCODE.text(t), policy_version=None)
+                     for p, t in zip(PROMPTS[1:], ("10 + 5 = 15, so 15.", "Seven.")))
+    batch = (sft(PROMPT, "The answer is 5."), sft(PROMPT, "2 + 3 = 5. The answer is 5.")) + retained
+    free, held = _trainer(tiny_lm_dir, {"sft": 1.0, "kl_ref": 1e-9}), _trainer(tiny_lm_dir, {"sft": 1.0, "kl_ref": 50.0})
+    first = asyncio.run(held.step(batch))
+    assert abs(first["loss/kl_ref"]) < 1e-9 and first["kl_ref/tokens"] == sum(len(x.target_ids) for x in retained)
+    asyncio.run(free.step(batch))
+    for _ in range(5):
+        kept, drifted = asyncio.run(held.step(batch)), asyncio.run(free.step(batch))
+    assert 0 < kept["loss/kl_ref"] < 0.5 * drifted["loss/kl_ref"]
+    assert kept["loss/sft"] < first["loss/sft"]  # the task still trains
+    model = held.model
+    by_hand = []
+    with torch.no_grad():
+        for lesson in retained:
+            ids = torch.tensor([lesson.prompt_ids + lesson.target_ids])
+            logits = model(input_ids=ids).logits[0, len(lesson.prompt_ids) - 1:-1].double()
+            with model.disable_adapter():
+                ref = model(input_ids=ids).logits[0, len(lesson.prompt_ids) - 1:-1].double()
+            p, q = logits.log_softmax(-1), ref.log_softmax(-1)
+            by_hand += (p.exp() * (p - q)).sum(-1).tolist()
+    assert held.accumulate(retained)["loss/kl_ref"] == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-3)

@@ -60,7 +60,7 @@ def test_out_of_range(tmp_path):
 
 def test_unknown_objective_lists_the_known_ones(tmp_path):
     message = _error(tmp_path, BASE, ["trainer.objectives.kto=1"])
-    assert "unknown objective 'kto'; known: ['dpo', 'kd', 'kl_teacher', 'opd_pg', 'pg', 'redi', 'sft']" in message
+    assert "unknown objective 'kto'; known: ['dpo', 'kd', 'kl_ref', 'kl_teacher', 'opd_pg', 'pg', 'redi', 'sft']" in message
 
 
 @pytest.mark.parametrize("weight", [".nan", ".inf", "-0.5"])

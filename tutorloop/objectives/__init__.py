@@ -69,6 +69,11 @@ class Params(BaseModel):
         """Whether the loss reads the frozen initial policy (LoRA: adapters off; else a copy)."""
         return False
 
+    @property
+    def reads_ref_logits(self) -> bool:
+        """Whether it reads the reference's whole distributions, not only the target's log-probs."""
+        return False
+
 
 class DPOParams(Params):
     beta: float = Field(0.1, gt=0.0, allow_inf_nan=False)
@@ -98,6 +103,22 @@ class AnchoredParams(Params):
     @property
     def uses_reference(self) -> bool:
         return self.ref_kl > 0
+
+    @property
+    def reads_ref_logits(self) -> bool:
+        return self.ref_kl > 0
+
+
+class KLRefParams(Params):
+    """`kl_ref`: only the KL anchor, on texts the run does not otherwise train on (`tasks.retain`)."""
+
+    @property
+    def uses_reference(self) -> bool:
+        return True
+
+    @property
+    def reads_ref_logits(self) -> bool:
+        return True
 
 
 class KDParams(AnchoredParams):
@@ -287,6 +308,19 @@ def _anchored(loss: Tensor, metrics: dict[str, Tensor], x: TokenInputs,
     return loss + p.ref_kl * kl, metrics | {"kl_ref": kl.detach()}
 
 
+def _kl_ref(x: TokenInputs, p: KLRefParams) -> tuple[Tensor, dict[str, Tensor]]:
+    """Learning without Forgetting's term (Li & Hoiem 2016) with the initial policy as the old model:
+    the exact KL(pi_theta || pi_ref) at every position of a retained text, no NLL of the text itself.
+    The text only supplies contexts of another kind than the task's (a chat request, a multi-step
+    word problem); what is held is the reference's next-token distribution there, so training on the
+    task moves the student less on prompts it never trains on. 0 with a zero gradient until the
+    adapters move."""
+    from tutorloop.objectives import losses
+
+    assert x.ref_logits_B_T_V is not None
+    return losses.full_kl_sum(x.logits_B_T_V, x.ref_logits_B_T_V, x.mask_B_T), {}
+
+
 def _k1_to_teacher(x: TokenInputs) -> Tensor:
     """k1 estimate of KL(student || teacher) on the student's own samples, for logging."""
     assert x.teacher_logp_B_T is not None
@@ -368,4 +402,5 @@ register(Objective("kd", _kd, "tokens", KDParams, frozenset({"teacher_scores"}),
 register(Objective("opd_pg", _opd_pg, "tokens", OPDPGParams, frozenset({"teacher_scores", "behavior_logprobs"}),
                    on_policy=True, untempered_sampling=True))
 register(Objective("pg", _pg, "tokens", PGParams, frozenset({"behavior_logprobs", "advantage"}), on_policy=True))
+register(Objective("kl_ref", _kl_ref, "tokens", KLRefParams))
 register(Objective("kl_teacher", _kl_teacher, "tokens", KLTeacherParams, frozenset({"teacher_scores"}), on_policy=True))

@@ -134,7 +134,7 @@ class OnlineTrainer:
             with torch.no_grad(), self._reference() as reference:
                 ref_logits, _, _ = self._forward(chunk, reference)
                 extra["ref_logp_B_T"] = losses.token_logprobs(ref_logits, labels)
-                if getattr(params, "ref_kl", 0) > 0:  # the KL anchor reads whole distributions
+                if params.reads_ref_logits:  # the KL anchor reads whole distributions
                     extra["ref_logits_B_T_V"] = ref_logits
         return registry.TokenInputs(logits, losses.token_logprobs(logits, labels), mask * weight_B_T, **extra)
 

@@ -1,0 +1,78 @@
+"""tasks.retain and objective `kl_ref` (issue 16): texts of another kind than the task's, on which
+the student is held at the reference. Each round takes the next `per_round` problems in turn, each
+giving its reference solution under the student's prompt and under the chat prompt, in the
+student's ids with EOS; no policy sampled them, so they never go stale; the transfer set never
+meets them; and config refuses one without the other."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from tutorloop.config import validate_config
+from tutorloop.envs.prompts import chat_attempt, student_attempt
+from tutorloop.envs.retain import Retain, build_retain
+from tutorloop.errors import UserError
+from tutorloop.loop import transfer_set, build_pool
+from tutorloop.trainers.encoding import TokenEncoder
+
+BASE = {"agents": {"student": {}, "teacher": {}, "mentor": {}}, "tasks": {"num_train": 20, "num_eval": 6}}
+
+
+def _gsm8k_file(tmp_path, n):
+    path = tmp_path / "g.jsonl"
+    rows = [{"question": f"Q{i}: what is {i} plus 7?", "answer": f"{i} + 7 = {i + 7}\n#### {i + 7}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cfg(tiny_lm_dir, tmp_path, **retain):
+    agents = {name: {"model": str(tiny_lm_dir)} for name in ("student", "teacher", "mentor")}
+    spec = {"source": "gsm8k", "path": str(_gsm8k_file(tmp_path, 40)), "num": 5} | retain
+    return validate_config(BASE | {"agents": agents, "tasks": BASE["tasks"] | {"retain": spec},
+                                   "trainer": {"objectives": {"sft": 1.0, "kl_ref": 0.5}}})
+
+
+def test_each_round_holds_the_next_problems_under_both_prompts(tiny_lm_dir, tmp_path, tiny_tokenizer):
+    """Catches: the same problems every round, one prompt only, a target without EOS or in other
+    ids than the student's, lessons that could go stale, or ones addressed to another learner."""
+    retain = build_retain(_cfg(tiny_lm_dir, tmp_path, per_round=2))
+    assert [p.id for p in retain.problems] == [f"gsm8k-{i}" for i in range(36, 41)]  # the file's last 5
+    encode = TokenEncoder(tiny_tokenizer)
+    rounds = [retain.lessons(r) for r in range(3)]
+    assert [[x.provenance for x in lessons] for lessons in rounds] == [["retain"] * 4] * 3
+    first = rounds[0]
+    p0, p1 = retain.problems[0], retain.problems[1]
+    assert [x.prompt_ids for x in first] == [encode.prompt(student_attempt(p0)), encode.prompt(chat_attempt(p0)),
+                                             encode.prompt(student_attempt(p1)), encode.prompt(chat_attempt(p1))]
+    assert first[0].target_ids == encode.text(p0.solution) and first[0].target_ids[-1] == tiny_tokenizer.eos_token_id
+    assert {(x.objective, x.policy_version, x.learner) for r in rounds for x in r} == {("kl_ref", None, "student")}
+    assert rounds[1][0].prompt_ids == encode.prompt(student_attempt(retain.problems[2]))
+    assert rounds[2][2].prompt_ids == encode.prompt(student_attempt(retain.problems[0]))  # 5 problems: wraps
+
+
+def test_the_transfer_set_never_scores_a_retained_problem(tiny_lm_dir, tmp_path):
+    """Catches: a transfer set that counts a problem the student was held on."""
+    cfg = _cfg(tiny_lm_dir, tmp_path)
+    path = cfg.tasks.retain.path
+    cfg = validate_config(cfg.model_dump(exclude_defaults=True) | {
+        "eval": {"transfer": {"source": "gsm8k", "path": path, "num": 4}}})
+    retained = tuple(replace(p, id=f"gsm8k-{i}") for p, i in zip(build_retain(cfg).problems, (2, 3)))  # the file's 2nd, 3rd
+    transfer = transfer_set(cfg, build_pool(cfg), retained)
+    assert [p.id for p in transfer.problems] == ["gsm8k-1", "gsm8k-4", "gsm8k-5", "gsm8k-6"]
+    assert [p.id for p in transfer_set(cfg, build_pool(cfg)).problems] == [f"gsm8k-{i}" for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"trainer": {"objectives": {"sft": 1.0, "kl_ref": 0.5}}}, "trainer.objectives.kl_ref: needs tasks.retain"),
+    ({"tasks": BASE["tasks"] | {"retain": {"source": "builtin", "num": 8}}}, "tasks.retain: only objective kl_ref"),
+])
+def test_kl_ref_and_tasks_retain_come_together(change, field):
+    with pytest.raises(UserError, match=field):
+        validate_config(BASE | change)
+
+
+def test_without_the_file_built_in_word_problems_stand_in(tiny_lm_dir, tmp_path):
+    retain = build_retain(_cfg(tiny_lm_dir, tmp_path, path=str(tmp_path / "absent.jsonl"), num=6))
+    assert len(retain.problems) == 6 and all(p.id.startswith("mix-") and p.solution for p in retain.problems)
+    assert "not found" in retain.note and "held at the reference (kl_ref)" in retain.note
