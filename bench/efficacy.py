@@ -79,16 +79,26 @@ class Curve:
         return 100 * (max(self.accuracy) - self.accuracy[0])
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace) -> Path:
+def run_arm(arm: str, seed: int, args: argparse.Namespace, *, before: Path | None = None) -> Path:
+    """One arm at one seed: `tutorloop run` in `out/ARM-sSEED`. `before`: another arm's run dir at this
+    seed and config whose untrained scores this one shares (the same model on the same problems), so
+    this run skips its own evaluation before training. A run dir whose summary came from the same
+    command is kept, not rerun (`--fresh` reruns it), so a study can be continued where it stopped."""
     spec, run_dir = ARMS[arm], Path(args.out) / f"{arm}-s{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # an old checkpoint there would be resumed, not rerun
     overrides = [f"run_dir={run_dir}", f"name=efficacy-{arm}-s{seed}", f"seed={seed}", "loop.rounds=1000",
-                 f"loop.time_budget_minutes={args.minutes}", "eval.every=1", "eval.before=true", "eval.after=true"]
+                 f"loop.time_budget_minutes={args.minutes}", f"eval.every={args.eval_every}",
+                 f"eval.before={'false' if before else 'true'}", "eval.after=true"]
     overrides += [f"tasks.num_eval={args.eval_problems}"] if args.eval_problems else []
     overrides += [f"eval.transfer.num={args.transfer_problems}"] if args.transfer_problems else []
     overrides += [f"trainer.objectives.{k}={v}" for k, v in (spec.weights or {}).items()]  # a bare weight: default params
     command = [sys.executable, "-m", "tutorloop.cli", "run", spec.config or args.config, *overrides,
                *spec.overrides, *args.overrides]
+    stamp = run_dir / "efficacy_command.json"
+    if not args.fresh and (run_dir / "summary.json").exists() and stamp.exists() \
+            and json.loads(stamp.read_text()) == command[2:]:
+        print(f"[{arm} seed {seed}] kept from an earlier run of the same command ({run_dir})", flush=True)
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)  # an old checkpoint there would be resumed, not rerun
     print(f"[{arm} seed {seed}] {' '.join(command[2:])}", flush=True)
     began = time.perf_counter()
     log = Path(args.out) / f"{arm}-s{seed}.log"
@@ -96,13 +106,18 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> Path:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise SystemExit(f"efficacy: arm '{arm}' seed {seed} failed (exit {done.returncode}); see {log}")
+    stamp.write_text(json.dumps(command[2:]))
     print(f"[{arm} seed {seed}] done in {time.perf_counter() - began:.0f} s", flush=True)
     return run_dir
 
 
-def read_curve(arm: str, run_dir: Path, seed: int = 0) -> Curve:
-    """(seconds, accuracy) from the run's summary (before, after) and metrics.jsonl (each round)."""
+def read_curve(arm: str, run_dir: Path, seed: int = 0, before: Path | None = None) -> Curve:
+    """(seconds, accuracy) from the run's summary (before, after) and metrics.jsonl (each round);
+    the untrained scores from `before`'s summary when this run shares them."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    if before is not None:
+        shared = json.loads((before / "summary.json").read_text())
+        summary = {k: v for k, v in shared.items() if k.endswith("_before")} | summary
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     points = [(0.0, summary["eval/accuracy_before"])]
     points += [(r["time/train_seconds"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
@@ -111,6 +126,18 @@ def read_curve(arm: str, run_dir: Path, seed: int = 0) -> Curve:
     config = json.loads((run_dir / "config.json").read_text())
     return Curve(arm, tuple(p[0] for p in points), tuple(p[1] for p in points), rounds=len(rows),
                  transfer=transfer_scores(summary), seed=seed, problems=config["tasks"]["num_eval"])
+
+
+def run_seed(seed: int, arms: list[str], args: argparse.Namespace) -> list[Curve]:
+    """Every arm at one seed; the arms on --config share the first one's untrained evaluation."""
+    curves, first = [], None
+    for arm in arms:
+        shares = ARMS[arm].config is None and first is not None
+        run_dir = run_arm(arm, seed, args, before=first if shares else None)
+        curves.append(read_curve(arm, run_dir, seed, before=first if shares else None))
+        if ARMS[arm].config is None and first is None:
+            first = run_dir
+    return curves
 
 
 def transfer_scores(summary: dict) -> dict[str, float]:
@@ -293,6 +320,8 @@ def main(argv: list[str] | None = None) -> list[Curve]:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; every arm runs once per seed")
     parser.add_argument("--eval-problems", type=int, default=0, help="tasks.num_eval for every run (0: the config's)")
     parser.add_argument("--transfer-problems", type=int, default=0, help="eval.transfer.num (0: the config's)")
+    parser.add_argument("--eval-every", type=int, default=1, help="held-out accuracy every N rounds (0: before and after only)")
+    parser.add_argument("--fresh", action="store_true", help="rerun arms whose run dir already holds this command's results")
     parser.add_argument("--out", default="runs/efficacy")
     parser.add_argument("--arms", default="sft,dpo,kd,mixed")
     parser.add_argument("--config", default="configs/default.yaml")
@@ -306,7 +335,7 @@ def main(argv: list[str] | None = None) -> list[Curve]:
     except ValueError:
         raise SystemExit(f"efficacy: --seeds: expected integers like 0,1,2; got {args.seeds!r}") from None
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    curves = [read_curve(arm, run_arm(arm, seed, args), seed) for seed in seeds for arm in arms]
+    curves = [c for seed in seeds for c in run_seed(seed, arms, args)]
     pngs = (Path(args.out) / "accuracy.png", Path(args.out) / "final.png")
     plot(curves, pngs[0], args.minutes)
     plot_finals(curves, pngs[1])

@@ -45,8 +45,14 @@ def test_two_arms_under_a_tiny_budget_write_report_plot_and_curves(tmp_path, tin
     for c in curves:
         assert c.rounds == 1 and c.seconds[0] == 0.0 and c.seconds[-1] > 0  # the budget stops after one round
         summary = json.loads((out / f"{c.arm}-s{c.seed}" / "summary.json").read_text())
-        assert c.accuracy[0] == summary["eval/accuracy_before"] and c.accuracy[-1] == summary["eval/accuracy_after"]
+        untrained = json.loads((out / f"sft-s{c.seed}" / "summary.json").read_text())["eval/accuracy_before"]
+        assert c.accuracy[0] == untrained and c.accuracy[-1] == summary["eval/accuracy_after"]
+        assert ("eval/accuracy_before" in summary) == (c.arm == "sft")  # mixed shares sft's untrained eval
         assert c.problems == 5  # --eval-problems reached the run
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*-s*/summary.json")}
+    again = efficacy.main(["--minutes", "0.0001", "--arms", "sft,mixed", "--seeds", "0,1", "--config", str(config),
+                           "--out", str(out), "--eval-problems", "5"])
+    assert again == curves and {p: p.stat().st_mtime_ns for p in stamps} == stamps  # continued, not rerun
     sft_config = json.loads((out / "sft-s0" / "metrics.jsonl").read_text().splitlines()[0])
     assert sft_config["loss/sft"] > 0 and "loss/dpo" not in sft_config  # the arm's weights reached the trainer
     assert json.loads((out / "sft-s1" / "config.json").read_text())["seed"] == 1

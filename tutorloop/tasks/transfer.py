@@ -44,7 +44,7 @@ def build_transfer(source: str, *, path: str | None, num: int, seen: Iterable[Pr
     name = "builtin" if source == "builtin" else f"{source}:{path}"
     dropped = len(problems) - len(kept)
     return TransferSet(tuple(kept[:num]), name, f"eval.transfer: {num} problems from {name}"
-                       + (f" ({dropped} left out: the run trains or evaluates on them)" if dropped else ""))
+                       + (f" ({dropped} left out: the run trains on, evaluates or retains them)" if dropped else ""))
 
 
 def _unseen(problems: list[Problem], seen: Iterable[Problem]) -> list[Problem]:
