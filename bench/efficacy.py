@@ -1,21 +1,25 @@
-"""Learning efficacy: the embedded default under one fixed wall-clock budget per arm and seed (SFT
-only, DPO only, OPD only, the config's mix, the mix with the KL anchor, co-training), with the same
-problems for every arm at a given seed. Held-out accuracy over training time and each arm's final
+"""Learning efficacy: the embedded default under one fixed wall-clock budget per arm and seed, with
+the same problems for every arm at a given seed. Arms: SFT only, DPO only, OPD only (`kd`), the
+objective mix as it was before issue 16 (`mixed`: SFT + DPO + OPD, no anchor), that mix with its
+`ref_kl` anchors only (`anchored`), the config's own (`recipe`: in configs/default.yaml the anchors
+and tasks.retain), and co-training. Held-out accuracy over training time and each arm's final
 accuracy with 95% intervals go into PNGs and a markdown report in the output dir, and into a W&B
 run (offline unless WANDB_MODE says otherwise); each arm and seed is also a W&B run of its own.
 
     .venv/bin/python bench/efficacy.py [--minutes 30] [--seeds 0,1,2] [--eval-problems 256]
-        [--transfer-problems 256] [--out runs/efficacy] [--arms sft,dpo,kd,mixed,anchored,co_training]
-        [--config configs/default.yaml] [key=value ...]
+        [--transfer-problems 256] [--eval-every 1] [--out runs/efficacy] [--fresh]
+        [--arms sft,dpo,kd,mixed,recipe,co_training] [--config configs/default.yaml] [key=value ...]
 
-Each arm is `tutorloop run CONFIG` with `loop.time_budget_minutes`, `eval.every=1`, `seed` and the
+Each arm is `tutorloop run CONFIG` with `loop.time_budget_minutes`, `eval.every`, `seed` and the
 arm's objective weights; the budget counts the rounds only, so every arm gets the same training time
 however long its evaluations take. Extra `key=value` overrides go to every arm. A config with
-`eval.transfer` also reports each arm's transfer accuracy before and after, under both prompts.
+`eval.transfer` also reports each arm's transfer accuracy before and after, under both prompts. The
+arms on --config share one untrained evaluation per seed, and a study that stops (a session's end)
+continues where it stopped when run again with the same arguments.
 
 Intervals: over 2 or more seeds, mean +- t(0.975, seeds - 1) * sd / sqrt(seeds) of the per-seed
 figures (seed-to-seed spread, which includes the eval sample's); over one seed, the Wilson interval
-of that run's problems. Sizing on a 2-core CPU: README "Learning efficacy".
+of that run's problems. Sizing on a 2-core CPU: README "Learning that transfers".
 """
 
 from __future__ import annotations
@@ -30,9 +34,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ANCHOR = ("trainer.objectives.sft={weight: 1.0, ref_kl: 1.0}", "trainer.objectives.kd.ref_kl=1.0")
-
-
 @dataclass(frozen=True, slots=True)
 class Arm:
     weights: dict[str, float] | None = None
@@ -42,12 +43,14 @@ class Arm:
     """Another config than --config (co-training has its own learners)."""
 
 
+OFF = {"kl_ref": 0.0}  # an arm without the retained texts' anchor (0 also adds it where a config lacks it)
 ARMS = {
-    "sft": Arm({"sft": 1.0, "dpo": 0.0, "kd": 0.0}),
-    "dpo": Arm({"sft": 0.0, "dpo": 1.0, "kd": 0.0}),
-    "kd": Arm({"sft": 0.0, "dpo": 0.0, "kd": 1.0}),
-    "mixed": Arm(),  # the config's own weights
-    "anchored": Arm(overrides=ANCHOR),  # the mix with the KL anchor of issue 16
+    "sft": Arm({"sft": 1.0, "dpo": 0.0, "kd": 0.0} | OFF),  # a bare weight: the objective's default
+    "dpo": Arm({"sft": 0.0, "dpo": 1.0, "kd": 0.0} | OFF),  # parameters, so no `ref_kl` anchor either
+    "kd": Arm({"sft": 0.0, "dpo": 0.0, "kd": 1.0} | OFF),
+    "mixed": Arm({"sft": 1.0} | OFF, overrides=("trainer.objectives.kd.ref_kl=0.0",)),  # the mix before issue 16
+    "anchored": Arm(OFF),  # the config's mix and its ref_kl anchors, without tasks.retain
+    "recipe": Arm(),  # the config's own: in configs/default.yaml issue 16's recipe (anchors + retain)
     "co_training": Arm(config="configs/co_training.yaml"),
 }
 T975 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
@@ -288,7 +291,7 @@ def verdicts(curves: list[Curve], minutes: float) -> list[str]:
     out.append(f"- Target +{TARGET_POINTS:g} points within 30 minutes: {'met' if met else 'missed'} "
                f"(best mean gain {100 * gain.mean:+.1f} ± {100 * gain.half:.1f} points, {best}, in {minutes:g} minutes).")
     singles = [a for a in stats if a in ("sft", "dpo", "kd")]
-    for mix in (a for a in ("mixed", "anchored") if a in stats and singles):
+    for mix in (a for a in ("mixed", "anchored", "recipe") if a in stats and singles):
         top = max(singles, key=lambda a: stats[a]["after"].mean)
         m, t = stats[mix]["after"], stats[top]["after"]
         apart = abs(m.mean - t.mean) > m.half + t.half
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> list[Curve]:
     parser.add_argument("--eval-every", type=int, default=1, help="held-out accuracy every N rounds (0: before and after only)")
     parser.add_argument("--fresh", action="store_true", help="rerun arms whose run dir already holds this command's results")
     parser.add_argument("--out", default="runs/efficacy")
-    parser.add_argument("--arms", default="sft,dpo,kd,mixed")
+    parser.add_argument("--arms", default="sft,dpo,kd,mixed,recipe,co_training")
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value for every arm")
     args = parser.parse_args(argv)

@@ -221,8 +221,10 @@ class RunConfig(Strict):
                 why = ("needs tasks.retain, the texts it holds the student on" if name == learner else
                        f"only the student's learner is held on tasks.retain (this one trains '{spec.agent}')")
                 raise ValueError(f"{field}.objectives.kl_ref: {why}")
-        held = learner is not None and "kl_ref" in objective_registry.active(self.learner_configs[learner].objectives)
-        if self.tasks.retain is not None and not held:
+        # kl_ref at weight 0 switches the anchor off and leaves the texts unread; kl_ref missing altogether
+        # means tasks.retain was given to a run that never reads it
+        listed = learner is not None and "kl_ref" in self.learner_configs[learner].objectives
+        if self.tasks.retain is not None and not listed:
             raise ValueError("tasks.retain: only objective kl_ref reads these texts; give the student's learner "
                              "`kl_ref: <weight>` or set tasks.retain=null")
         return self

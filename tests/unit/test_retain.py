@@ -72,6 +72,13 @@ def test_kl_ref_and_tasks_retain_come_together(change, field):
         validate_config(BASE | change)
 
 
+def test_kl_ref_at_weight_0_leaves_the_texts_unread(tiny_lm_dir, tmp_path):
+    """An objective is switched off by its weight (an efficacy arm does so): no lessons, no error."""
+    cfg = _cfg(tiny_lm_dir, tmp_path)
+    off = validate_config(cfg.model_dump(exclude_defaults=True) | {"trainer": {"objectives": {"sft": 1.0, "kl_ref": 0.0}}})
+    assert build_retain(cfg) is not None and build_retain(off) is None
+
+
 def test_without_the_file_built_in_word_problems_stand_in(tiny_lm_dir, tmp_path):
     retain = build_retain(_cfg(tiny_lm_dir, tmp_path, path=str(tmp_path / "absent.jsonl"), num=6))
     assert len(retain.problems) == 6 and all(p.id.startswith("mix-") and p.solution for p in retain.problems)

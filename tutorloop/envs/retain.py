@@ -39,18 +39,20 @@ class Retain:
 
 
 def build_retain(cfg) -> Retain | None:
-    """cfg.tasks.retain as lessons for the student's learner; None when it is not set. Problems
-    without a reference solution have no text to hold the student on, and are left out."""
+    """cfg.tasks.retain as lessons for the student's learner; None when it is not set or `kl_ref`
+    trains in no round (weight 0). Problems without a reference solution have no text to hold the
+    student on, and are left out."""
+    from tutorloop import objectives
     from tutorloop.envs.learning import agent_encoder
 
     spec = cfg.tasks.retain
-    if spec is None:
+    student = cfg.env.parts()["student"] if spec is not None else None
+    if spec is None or "kl_ref" not in objectives.active(cfg.learner_configs[cfg.learner_of(student)].objectives):
         return None
     mix = build_mix(spec.source, path=spec.path, num=spec.num, field="tasks.retain")
     problems = tuple(p for p in mix.problems if p.solution)
     if not problems:
         raise UserError(f"tasks.retain: none of the {spec.num} problems of {spec.path} has a reference solution "
                         "(the text kl_ref holds the student on)")
-    student = cfg.env.parts()["student"]
     return Retain(problems, spec.per_round, agent_encoder(cfg, student), cfg.learner_of(student),
                   mix.note.replace("mixed into training", "held at the reference (kl_ref)"))
