@@ -2,7 +2,7 @@
 #   make run   - set up .venv, then train the embedded default and print eval accuracy before and after
 #   make test  - set up .venv, then run the default test tier
 #   make bench - speed against TRL, plain transformers and pickled weight sync (bench/run_all.py)
-#   make efficacy - SFT / DPO / OPD / mixed under one wall-clock budget (bench/efficacy.py)
+#   make efficacy - SFT / DPO / OPD / the mixes / co-training under one wall-clock budget (bench/efficacy.py)
 # torch is installed first and alone: any other torch request pulls a multi-GB CUDA build.
 PYTHON ?= python3
 VENV := .venv

@@ -92,6 +92,16 @@ def save_answering_lm(path: Path, answers: tuple[str, ...] = ("1", "2"), steps: 
     return path
 
 
+def write_gsm8k_rows(directory: Path, n: int) -> Path:
+    """A GSM8K-format file (question, answer ending "#### n") of n problems, ids gsm8k-1..n by line."""
+    import json
+
+    path = directory / "g.jsonl"
+    rows = [{"question": f"Q{i}: what is {i} plus 7?", "answer": f"{i} + 7 = {i + 7}\n#### {i + 7}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def write_ones_and_twos(directory: Path, n: int) -> Path:
     """A JSONL task file of n problems whose answers are 1 or 2, with reference solutions: the
     problems `save_answering_lm`'s model is right on about half the time."""

@@ -11,6 +11,12 @@ from tutorloop import loop
 from tutorloop.config import validate_config
 
 pytestmark = pytest.mark.integration
+def _agents(student, teacher):
+    return {"student": {"model": str(student), "sampling": {"max_new_tokens": 10}},
+            "teacher": {"model": str(teacher), "sampling": {"max_new_tokens": 6}},
+            "mentor": {"model": str(teacher), "sampling": {"max_new_tokens": 6}}}
+
+
 KEYS = {f"eval/transfer_{kind}accuracy_{when}" for kind in ("", "chat_") for when in ("before", "after")}
 
 
@@ -24,9 +30,7 @@ def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path
     transfer = tmp_path / "transfer.jsonl"  # the same ids (d0..d19) as the tasks, other texts
     transfer.write_text("".join(json.dumps({"id": f"d{i}", "prompt": f"Problem {i}: what is {i % 2} plus one?",
                                             "answer": str(i % 2 + 1)}) + "\n" for i in range(20)))
-    agents = {"student": {"model": str(tiny_answering_lm_dir), "sampling": {"max_new_tokens": 10}},
-              "teacher": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}},
-              "mentor": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}}}
+    agents = _agents(tiny_answering_lm_dir, tiny_teacher_dir)
     cfg = validate_config({
         "name": "transfer", "run_dir": str(tmp_path / "run"), "runtime": {"kind": "local"}, "agents": agents,
         "tasks": {"source": "jsonl", "path": str(tasks), "num_train": 8, "num_eval": 2,
@@ -54,9 +58,7 @@ def test_tasks_retain_adds_kl_ref_lessons_to_every_round(tmp_path, tiny_answerin
     0 before the adapters move and positive after, and the console says which texts were used.
     Catches: retained lessons that never reach the trainer, reach it only once, or are learned."""
     tasks = write_ones_and_twos(tmp_path, 20)
-    agents = {"student": {"model": str(tiny_answering_lm_dir), "sampling": {"max_new_tokens": 10}},
-              "teacher": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}},
-              "mentor": {"model": str(tiny_teacher_dir), "sampling": {"max_new_tokens": 6}}}
+    agents = _agents(tiny_answering_lm_dir, tiny_teacher_dir)
     cfg = validate_config({
         "name": "retain", "run_dir": str(tmp_path / "run"), "runtime": {"kind": "local"}, "agents": agents,
         "tasks": {"source": "jsonl", "path": str(tasks), "num_train": 8, "num_eval": 2,

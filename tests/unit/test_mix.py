@@ -2,9 +2,9 @@
 taken from the file's end so a transfer set from the same file (its first unseen problems) stays the
 same with and without the mix; built-in word problems when the file is absent."""
 
-import json
 
 import pytest
+from conftest import write_gsm8k_rows
 
 from tutorloop.config import validate_config
 from tutorloop.errors import UserError
@@ -16,10 +16,7 @@ BASE = {"agents": {"student": {}, "teacher": {}, "mentor": {}}, "tasks": {"num_t
 
 
 def _gsm8k_file(tmp_path, n):
-    path = tmp_path / "g.jsonl"
-    rows = [{"question": f"Q{i}: what is {i} plus 7?", "answer": f"{i} + 7 = {i + 7}\n#### {i + 7}"} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_gsm8k_rows(tmp_path, n)
 
 
 def test_the_mix_trains_on_the_files_last_problems_and_leaves_held_out_and_transfer_alone(tmp_path):

@@ -4,10 +4,10 @@ giving its reference solution under the student's prompt and under the chat prom
 student's ids with EOS; no policy sampled them, so they never go stale; the transfer set never
 meets them; and config refuses one without the other."""
 
-import json
 from dataclasses import replace
 
 import pytest
+from conftest import write_gsm8k_rows
 
 from tutorloop.config import validate_config
 from tutorloop.envs.prompts import chat_attempt, student_attempt
@@ -20,10 +20,7 @@ BASE = {"agents": {"student": {}, "teacher": {}, "mentor": {}}, "tasks": {"num_t
 
 
 def _gsm8k_file(tmp_path, n):
-    path = tmp_path / "g.jsonl"
-    rows = [{"question": f"Q{i}: what is {i} plus 7?", "answer": f"{i} + 7 = {i + 7}\n#### {i + 7}"} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_gsm8k_rows(tmp_path, n)
 
 
 def _cfg(tiny_lm_dir, tmp_path, **retain):
