@@ -49,10 +49,10 @@ def build_retain(cfg) -> Retain | None:
     student = cfg.env.parts()["student"] if spec is not None else None
     if spec is None or "kl_ref" not in objectives.active(cfg.learner_configs[cfg.learner_of(student)].objectives):
         return None
-    mix = build_mix(spec.source, path=spec.path, num=spec.num, field="tasks.retain")
+    mix = build_mix(spec.source, path=spec.path, num=spec.num, field="tasks.retain", use="held at the reference (kl_ref)")
     problems = tuple(p for p in mix.problems if p.solution)
     if not problems:
         raise UserError(f"tasks.retain: none of the {spec.num} problems of {spec.path} has a reference solution "
                         "(the text kl_ref holds the student on)")
     return Retain(problems, spec.per_round, agent_encoder(cfg, student), cfg.learner_of(student),
-                  mix.note.replace("mixed into training", "held at the reference (kl_ref)"))
+                  mix.note)

@@ -104,9 +104,7 @@ class AnchoredParams(Params):
     def uses_reference(self) -> bool:
         return self.ref_kl > 0
 
-    @property
-    def reads_ref_logits(self) -> bool:
-        return self.ref_kl > 0
+    reads_ref_logits = uses_reference
 
 
 class KLRefParams(Params):
@@ -116,9 +114,7 @@ class KLRefParams(Params):
     def uses_reference(self) -> bool:
         return True
 
-    @property
-    def reads_ref_logits(self) -> bool:
-        return True
+    reads_ref_logits = uses_reference
 
 
 class KDParams(AnchoredParams):
@@ -309,12 +305,9 @@ def _anchored(loss: Tensor, metrics: dict[str, Tensor], x: TokenInputs,
 
 
 def _kl_ref(x: TokenInputs, p: KLRefParams) -> tuple[Tensor, dict[str, Tensor]]:
-    """Learning without Forgetting's term (Li & Hoiem 2016) with the initial policy as the old model:
-    the exact KL(pi_theta || pi_ref) at every position of a retained text, no NLL of the text itself.
-    The text only supplies contexts of another kind than the task's (a chat request, a multi-step
-    word problem); what is held is the reference's next-token distribution there, so training on the
-    task moves the student less on prompts it never trains on. 0 with a zero gradient until the
-    adapters move."""
+    """Learning without Forgetting (Li & Hoiem 2016), the initial policy as the old model: the exact
+    KL(pi_theta || pi_ref) at every position of a retained text, no NLL of it. The text only supplies
+    contexts of another kind than the task's, where the reference's next-token distribution is held."""
     from tutorloop.objectives import losses
 
     assert x.ref_logits_B_T_V is not None

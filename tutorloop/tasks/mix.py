@@ -21,19 +21,21 @@ class Mix:
     """One line for the console: how many problems from where (and why, for the stand-in)."""
 
 
-def build_mix(source: str, *, path: str | None, num: int, field: str = "tasks.mix") -> Mix:
+def build_mix(source: str, *, path: str | None, num: int, field: str = "tasks.mix",
+              use: str = "mixed into training") -> Mix:
     """The source's last `num` problems: a transfer set drawn from the same file takes its first
     problems the run never sees, so it stays the same whatever the mix. A path that does not exist
     falls back to built-in word problems of another seed (ids prefixed "mix-"), as the transfer set
-    does. `field` names the config key in the note and in errors (`tasks.retain` reads the same way)."""
+    does. `field` names the config key in the note and in errors, `use` what the problems are for in
+    the note (`tasks.retain` reads the same way)."""
     if source == "builtin" or (path and not Path(path).exists()):
         problems = tuple(replace(p, id=f"mix-{p.id}") for p in make_word_problems(num, seed=1))
         why = "" if source == "builtin" else f"{path} not found; "
-        return Mix(problems, f"{field}: {why}{num} built-in word problems mixed into training")
+        return Mix(problems, f"{field}: {why}{num} built-in word problems {use}")
     problems = load_problems(source, path=path)
     if len(problems) < num:
         raise UserError(f"{field}.num={num}: {path} has only {len(problems)} problems")
-    return Mix(tuple(problems[-num:]), f"{field}: the last {num} problems of {source}:{path} mixed into training")
+    return Mix(tuple(problems[-num:]), f"{field}: the last {num} problems of {source}:{path} {use}")
 
 
 def with_mix(pool: TaskPool, mix: Mix) -> TaskPool:
