@@ -227,6 +227,18 @@ class RunConfig(Strict):
         if self.tasks.retain is not None and not listed:
             raise ValueError("tasks.retain: only objective kl_ref reads these texts; give the student's learner "
                              "`kl_ref: <weight>` or set tasks.retain=null")
+        return self._retain_answerer_is_frozen()
+
+    def _retain_answerer_is_frozen(self) -> RunConfig:
+        """tasks.retain.answered_by: an agent of the run's that no learner trains, so its replies are
+        the same in every round and after a resume."""
+        who = self.tasks.retain.answered_by if self.tasks.retain is not None else None
+        if who is not None and who not in self.agents:
+            raise ValueError(f"tasks.retain.answered_by: names agent '{who}', which `agents` lacks "
+                             f"(agents: {sorted(self.agents)})")
+        if who is not None and (trained := self.learner_of(who)) is not None:
+            raise ValueError(f"tasks.retain.answered_by: agent '{who}' trains (learner '{trained}'); the texts "
+                             "must come from a frozen agent, e.g. an untrained copy of the student's model")
         return self
 
     @model_validator(mode="after")

@@ -42,8 +42,11 @@ _LATEX_NOISE = re.compile(r"\\[()\[\]]|\\[,!;: ]|\\\$|\$|\*\*|\\left|\\right")
 
 # The end of a final-answer statement: "answer is 60." followed by whitespace, or a newline after
 # the number (a bare "60." could still become "60.5"). Generation stops there; small models
-# otherwise ramble on for the rest of their token budget.
-ANSWER_STOP = r"(?i)answer is:?\s*\$?\s*-?[\d,]*\d(?:\.\d+)?(?:\s*[a-z%]+)*\s*(?:\.\s|\n)"
+# otherwise ramble on for the rest of their token budget. The unit words after the number are
+# whitespace-separated so each text splits into them one way only: `(?:\s*[a-z%]+)*` could split a
+# word anywhere, and a reply that ran on ("... is 10 kilograms of butter is left after making those")
+# took the regex minutes of backtracking at one decoding step.
+ANSWER_STOP = r"(?i)answer is:?\s*\$?\s*-?[\d,]*\d(?:\.\d+)?(?:\s*[a-z%]+(?:\s+[a-z%]+)*)?\s*(?:\.\s|\n)"
 # The same for a latex answer: a closed \boxed{...}, with braces nested up to three deep (a regex
 # cannot count further; a deeper answer just runs on to the token limit).
 BOXED_STOP = r"\\boxed\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"

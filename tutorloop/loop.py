@@ -102,7 +102,7 @@ async def run(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         episodes_P = await ahead.episodes(r)  # with overlap: generated while round r - 1 trained
         episode_seconds = time.perf_counter() - began
         lessons = job.env.lessons(episodes_P)  # each addressed to a learner, with the policy version that made it
-        lessons += job.retain.lessons(r) if job.retain else []  # texts the student is held at the reference on
+        lessons += await job.retain.lessons(r, job.agents) if job.retain else []  # texts the student is held at the reference on
         ahead.start(r)  # the next rounds' episodes, sampled with the weights from before this round's steps
         versions, metrics = await step_learners(job, lessons, progress, cfg.loop, r, ahead)
         metrics |= await generation_metrics(job.generators)

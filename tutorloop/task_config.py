@@ -43,12 +43,21 @@ class MixConfig(SideSource):
 class RetainConfig(SideSource):
     """Texts of another kind than the task's on which the student is held at the reference model's
     next-token distributions (objective `kl_ref`, Learning without Forgetting): each problem's
-    reference solution after the problem, under the run's prompt and under the plain chat prompt.
-    Nothing of them is learned, and no agent answers them; `num`: the problems kept, the file's
-    last `num` (as `tasks.mix`), so a transfer set from the file's first problems never meets them."""
+    reference solution after the problem, under the run's prompt and under the plain chat prompt,
+    or (`answered_by`) a frozen agent's own greedy reply to it there. Nothing of them is learned;
+    `num`: the problems kept, the file's last `num` (as `tasks.mix`), so a transfer set from the
+    file's first problems never meets them."""
     per_round: int = Field(8, ge=1)
     """Problems whose texts join each round's lessons (two lessons each, one per prompt), in turn
     through the `num` kept."""
+    answered_by: str | None = None
+    """An agent no learner trains whose greedy replies, under each prompt, are the texts in place of
+    the reference solutions. With the student's own model (the embedded default's teacher), they are
+    the untrained model's replies in its own style, the states its greedy decoding visits: Learning
+    without Forgetting proper (the old model's outputs on new inputs). Greedy, so a resumed run
+    makes the same texts; the cost is one generation of `per_round` problems under both prompts."""
+    max_new_tokens: int = Field(256, ge=1)
+    """The longest `answered_by` reply; one cut off there keeps its tokens and gets no end token."""
 
 
 class TasksConfig(Strict):

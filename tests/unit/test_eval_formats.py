@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,26 @@ def test_stop_patterns_per_format():
     number, latex = Problem(id="a", prompt="p", answer="1"), latex_problem("1")
     assert stop_regex([number]) == ANSWER_STOP and stop_regex([latex]) == BOXED_STOP
     assert stop_regex([number, latex]) is None
+
+
+@pytest.mark.parametrize("text, stops", [
+    ("The answer is 60. Next", True), ("the answer is: $1,200\n", True), ("The answer is 7 apples each.\n", True),
+    ("The answer is 3.5kg. ", True), ("The answer is 60", False), ("The answer is 60.5", False),
+    ("The answer is 10 kilograms", False),
+])
+def test_the_answer_stop_pattern(text, stops):
+    assert bool(re.search(ANSWER_STOP, text)) == stops
+
+
+def test_the_answer_stop_pattern_is_linear_on_a_reply_that_runs_on():
+    """A decoding step checks every row's tail: a pattern that backtracks exponentially once the
+    words after "The answer is N" go on without a full stop (the old one: 1.8 s at 9 words, minutes
+    at 11) stalls a whole eval. Catches: unit words that can be split more than one way."""
+    tail = "10 kilograms of butter is left.\n\nThe answer is 10 kilograms of butter is left after"  # seen in a run
+    began = time.perf_counter()
+    for _ in range(10):
+        assert re.search(ANSWER_STOP, tail) is None
+    assert time.perf_counter() - began < 1.0
 
 
 def test_student_prompt_asks_for_the_graded_form():

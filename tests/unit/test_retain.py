@@ -4,7 +4,9 @@ giving its reference solution under the student's prompt and under the chat prom
 student's ids with EOS; no policy sampled them, so they never go stale; the transfer set never
 meets them; and config refuses one without the other."""
 
+import asyncio
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from conftest import write_gsm8k_rows
@@ -13,8 +15,10 @@ from tutorloop.config import validate_config
 from tutorloop.envs.prompts import chat_attempt, student_attempt
 from tutorloop.envs.retain import Retain, build_retain
 from tutorloop.errors import UserError
+from tutorloop.graders import ANSWER_STOP
 from tutorloop.loop import transfer_set, build_pool
 from tutorloop.trainers.encoding import TokenEncoder
+from tutorloop.types import Completion
 
 BASE = {"agents": {"student": {}, "teacher": {}, "mentor": {}}, "tasks": {"num_train": 20, "num_eval": 6}}
 
@@ -36,16 +40,16 @@ def test_each_round_holds_the_next_problems_under_both_prompts(tiny_lm_dir, tmp_
     retain = build_retain(_cfg(tiny_lm_dir, tmp_path, per_round=2))
     assert [p.id for p in retain.problems] == [f"gsm8k-{i}" for i in range(36, 41)]  # the file's last 5
     encode = TokenEncoder(tiny_tokenizer)
-    rounds = [retain.lessons(r) for r in range(3)]
+    rounds = [asyncio.run(retain.lessons(r, {})) for r in range(3)]
     assert [[x.provenance for x in lessons] for lessons in rounds] == [["retain"] * 4] * 3
     first = rounds[0]
     p0, p1 = retain.problems[0], retain.problems[1]
-    assert [x.prompt_ids for x in first] == [encode.prompt(student_attempt(p0)), encode.prompt(chat_attempt(p0)),
-                                             encode.prompt(student_attempt(p1)), encode.prompt(chat_attempt(p1))]
+    assert [x.prompt_ids for x in first] == [encode.prompt(student_attempt(p0)), encode.prompt(student_attempt(p1)),
+                                             encode.prompt(chat_attempt(p0)), encode.prompt(chat_attempt(p1))]
     assert first[0].target_ids == encode.text(p0.solution) and first[0].target_ids[-1] == tiny_tokenizer.eos_token_id
     assert {(x.objective, x.policy_version, x.learner) for r in rounds for x in r} == {("kl_ref", None, "student")}
     assert rounds[1][0].prompt_ids == encode.prompt(student_attempt(retain.problems[2]))
-    assert rounds[2][2].prompt_ids == encode.prompt(student_attempt(retain.problems[0]))  # 5 problems: wraps
+    assert rounds[2][1].prompt_ids == encode.prompt(student_attempt(retain.problems[0]))  # 5 problems: wraps
 
 
 def test_the_transfer_set_never_scores_a_retained_problem(tiny_lm_dir, tmp_path):
@@ -80,3 +84,46 @@ def test_without_the_file_built_in_word_problems_stand_in(tiny_lm_dir, tmp_path)
     retain = build_retain(_cfg(tiny_lm_dir, tmp_path, path=str(tmp_path / "absent.jsonl"), num=6))
     assert len(retain.problems) == 6 and all(p.id.startswith("mix-") and p.solution for p in retain.problems)
     assert "not found" in retain.note and "held at the reference (kl_ref)" in retain.note
+
+
+class Answers:
+    """A frozen agent's generator that records what it was asked: each reply names its prompt's kind."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def generate(self, prompts, params):
+        self.calls.append((len(prompts), params))
+        kind = "chat" if params.stop_regex is None else "run"
+        return [Completion(text=f"{kind} reply {i}", token_ids=(), logprobs=(), finish_reason=("length" if i else "stop"))
+                for i in range(len(prompts))]
+
+
+def test_answered_by_holds_the_student_on_a_frozen_agents_greedy_replies(tiny_lm_dir, tmp_path, tiny_tokenizer):
+    """LwF on the old model's own outputs: with answered_by, each text is that agent's greedy reply
+    under the same prompt (the run's prompt stopping where the eval's does, the chat prompt at the
+    token limit), the end token only on a reply that ended by itself.
+    Catches: reference solutions used anyway, sampled (non-greedy) replies, a chat reply cut at the
+    answer pattern, an EOS after a truncated reply, or the replies paired with the wrong prompt."""
+    cfg = _cfg(tiny_lm_dir, tmp_path, per_round=2, answered_by="teacher", max_new_tokens=33)
+    retain, answers = build_retain(cfg), Answers()
+    lessons = asyncio.run(retain.lessons(0, {"teacher": SimpleNamespace(generator=answers)}))
+    encode = TokenEncoder(tiny_tokenizer)
+    assert [(n, p.temperature, p.max_new_tokens, p.stop_regex) for n, p in answers.calls] == [
+        (2, 0.0, 33, ANSWER_STOP), (2, 0.0, 33, None)]
+    p0 = retain.problems[0]
+    assert [x.prompt_ids for x in lessons[::2]] == [encode.prompt(student_attempt(p0)), encode.prompt(chat_attempt(p0))]
+    assert [x.target_ids for x in lessons] == [encode.text("run reply 0"), encode.text("run reply 1", eos=False),
+                                               encode.text("chat reply 0"), encode.text("chat reply 1", eos=False)]
+    assert "as agent 'teacher' answers them" in retain.note
+
+
+@pytest.mark.parametrize("who, message", [
+    ("tutor", "tasks.retain.answered_by: names agent 'tutor', which `agents` lacks"),
+    ("student", "tasks.retain.answered_by: agent 'student' trains"),
+])
+def test_answered_by_names_a_frozen_agent(tiny_lm_dir, tmp_path, who, message):
+    """Catches: replies from an agent that does not exist, or from one whose weights change each
+    round (its texts would drift, and a resumed run would make other ones)."""
+    with pytest.raises(UserError, match=message):
+        _cfg(tiny_lm_dir, tmp_path, answered_by=who)
