@@ -58,6 +58,15 @@ class RetainConfig(SideSource):
     makes the same texts; the cost is one generation of `per_round` problems under both prompts."""
     max_new_tokens: int = Field(256, ge=1)
     """The longest `answered_by` reply; one cut off there keeps its tokens and gets no end token."""
+    replies_under: tuple[Literal["student", "chat"], ...] = ("student", "chat")
+    """The prompts under which `answered_by`'s replies are the texts; under the others the
+    reference solution stays. The embedded default takes replies under the chat prompt only."""
+
+    @model_validator(mode="after")
+    def _replies_need_an_answerer(self) -> RetainConfig:
+        if not self.replies_under or len(set(self.replies_under)) != len(self.replies_under):
+            raise ValueError(f"replies_under: one or both of student, chat, each once; got {list(self.replies_under)}")
+        return self
 
 
 class TasksConfig(Strict):

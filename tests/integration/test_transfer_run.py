@@ -52,17 +52,21 @@ def test_a_run_with_eval_transfer_reports_both_prompts_before_and_after(tmp_path
     assert "eval before training: transfer" in out and "eval after training: transfer" in out
 
 
-def test_tasks_retain_adds_kl_ref_lessons_to_every_round(tmp_path, tiny_answering_lm_dir, tiny_teacher_dir, capsys):
+@pytest.mark.parametrize("answered_by", [None, "teacher"])
+def test_tasks_retain_adds_kl_ref_lessons_to_every_round(tmp_path, tiny_answering_lm_dir, tiny_teacher_dir, capsys,
+                                                         answered_by):
     """tasks.retain through the loop: every round's step also holds the student on `per_round`
     retained problems under both prompts (kl_ref lessons, its token count in the metrics), the KL is
-    0 before the adapters move and positive after, and the console says which texts were used.
+    0 before the adapters move and positive after, and the console says which texts were used: the
+    reference solutions, or the frozen teacher's own replies (`answered_by`).
     Catches: retained lessons that never reach the trainer, reach it only once, or are learned."""
     tasks = write_ones_and_twos(tmp_path, 20)
     agents = _agents(tiny_answering_lm_dir, tiny_teacher_dir)
     cfg = validate_config({
         "name": "retain", "run_dir": str(tmp_path / "run"), "runtime": {"kind": "local"}, "agents": agents,
         "tasks": {"source": "jsonl", "path": str(tasks), "num_train": 8, "num_eval": 2,
-                  "retain": {"source": "builtin", "num": 3, "per_round": 2}},
+                  "retain": {"source": "builtin", "num": 3, "per_round": 2, "answered_by": answered_by,
+                             "max_new_tokens": 12}},
         "trainer": {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                     "objectives": {"sft": 1.0, "kl_ref": 1.0}},
         "loop": {"rounds": 2, "problems_per_round": 2},
@@ -72,4 +76,6 @@ def test_tasks_retain_adds_kl_ref_lessons_to_every_round(tmp_path, tiny_answerin
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["kl_ref/examples"] for row in rows] == [4, 4]  # 2 problems x 2 prompts, every round
     assert abs(rows[0]["loss/kl_ref"]) < 1e-9 < rows[1]["loss/kl_ref"]
-    assert "tasks.retain: 3 built-in word problems held at the reference (kl_ref)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tasks.retain: 3 built-in word problems held at the reference (kl_ref)" in out
+    assert ("as agent 'teacher' answers them (greedy)" in out) == (answered_by == "teacher")

@@ -26,7 +26,8 @@ from tutorloop.tasks.mix import build_mix
 from tutorloop.trainers.encoding import TokenEncoder
 from tutorloop.types import Lesson, Messages, Problem, SamplingParams
 
-PROMPTS: tuple[tuple[Callable[[Problem], Messages], str | None], ...] = ((student_attempt, ANSWER_STOP), (chat_attempt, None))
+PROMPTS: dict[str, tuple[Callable[[Problem], Messages], str | None]] = {
+    "student": (student_attempt, ANSWER_STOP), "chat": (chat_attempt, None)}
 """The two prompts a retained problem is held under, each with where a reply to it ends (as the eval's)."""
 
 
@@ -41,26 +42,29 @@ class Retain:
     answered_by: str | None = None
     """The frozen agent whose greedy replies are the texts; None: the reference solutions."""
     max_new_tokens: int = 256
+    replies_under: tuple[str, ...] = ("student", "chat")
+    """The prompts (PROMPTS' keys) under which `answered_by`'s replies stand in for the solutions."""
 
     async def lessons(self, round_index: int, agents: Any) -> list[Lesson]:
         """Round `round_index`'s `kl_ref` lessons: the next `per_round` problems after the last round's."""
         n = len(self.problems)
         chosen = [self.problems[(round_index * self.per_round + i) % n] for i in range(min(self.per_round, n))]
         lessons = []
-        for prompt, stop in PROMPTS:
-            texts = await self._texts(chosen, prompt, stop, agents)
+        for name, (prompt, stop) in PROMPTS.items():
+            who = self.answered_by if name in self.replies_under else None
+            texts = await self._texts(chosen, prompt, stop, agents, who)
             lessons += [Lesson("kl_ref", self.encode.prompt(prompt(p)), ids, policy_version=None,
                                learner=self.learner, provenance="retain") for p, ids in zip(chosen, texts)]
         return lessons
 
     async def _texts(self, chosen: list[Problem], prompt: Callable[[Problem], Messages], stop: str | None,
-                     agents: Any) -> list[tuple[int, ...]]:
-        """Each problem's text under `prompt`, in the student's ids: its reference solution, or the
-        answering agent's greedy reply, with the end token only where the reply ended by itself."""
-        if self.answered_by is None:
+                     agents: Any, who: str | None) -> list[tuple[int, ...]]:
+        """Each problem's text under `prompt`, in the student's ids: its reference solution, or agent
+        `who`'s greedy reply, with the end token only where the reply ended by itself."""
+        if who is None:
             return [self.encode.text(p.solution) for p in chosen]
         params = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens, stop_regex=stop)
-        outs = await agents[self.answered_by].generator.generate([prompt(p) for p in chosen], params)
+        outs = await agents[who].generator.generate([prompt(p) for p in chosen], params)
         return [self.encode.text(out.text, eos=out.finish_reason == "stop") for out in outs]
 
 
@@ -76,10 +80,13 @@ def build_retain(cfg) -> Retain | None:
     if spec is None or "kl_ref" not in objectives.active(cfg.learner_configs[cfg.learner_of(student)].objectives):
         return None
     mix = build_mix(spec.source, path=spec.path, num=spec.num, field="tasks.retain", use="held at the reference (kl_ref)")
-    problems = tuple(p for p in mix.problems if p.solution or spec.answered_by)
+    replies_only = spec.answered_by is not None and set(spec.replies_under) == set(PROMPTS)
+    problems = tuple(p for p in mix.problems if p.solution or replies_only)
     if not problems:
         raise UserError(f"tasks.retain: none of the {spec.num} problems of {spec.path} has a reference solution "
                         "(the text kl_ref holds the student on)")
-    note = mix.note + (f", as agent '{spec.answered_by}' answers them (greedy)" if spec.answered_by else "")
+    under = " and ".join(f"the {x} prompt" for x in spec.replies_under)
+    note = mix.note + (f", as agent '{spec.answered_by}' answers them (greedy) under {under}" if spec.answered_by else "")
     return Retain(problems, spec.per_round, agent_encoder(cfg, student), cfg.learner_of(student), note,
-                  answered_by=spec.answered_by, max_new_tokens=spec.max_new_tokens)
+                  answered_by=spec.answered_by, max_new_tokens=spec.max_new_tokens,
+                  replies_under=tuple(spec.replies_under))
