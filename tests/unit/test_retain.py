@@ -118,6 +118,27 @@ def test_answered_by_holds_the_student_on_a_frozen_agents_greedy_replies(tiny_lm
     assert "as agent 'teacher' answers them" in retain.note
 
 
+def test_replies_under_one_prompt_keep_the_solutions_under_the_other(tiny_lm_dir, tmp_path, tiny_tokenizer):
+    """The embedded default: reference solutions after the run's prompt, the frozen agent's own
+    replies after the chat prompt. Catches: replies generated (and paid for) under a prompt that
+    keeps its solutions, or the two kinds of text swapped between the prompts."""
+    cfg = _cfg(tiny_lm_dir, tmp_path, per_round=2, answered_by="teacher", replies_under=["chat"])
+    retain, answers = build_retain(cfg), Answers()
+    lessons = asyncio.run(retain.lessons(0, {"teacher": SimpleNamespace(generator=answers)}))
+    encode = TokenEncoder(tiny_tokenizer)
+    assert [params.stop_regex for _, params in answers.calls] == [None]  # one call: the chat prompt's
+    p0, p1 = retain.problems[:2]
+    assert [x.target_ids for x in lessons] == [encode.text(p0.solution), encode.text(p1.solution),
+                                               encode.text("chat reply 0"), encode.text("chat reply 1", eos=False)]
+    assert "under the chat prompt" in retain.note and "student prompt" not in retain.note
+
+
+@pytest.mark.parametrize("replies_under", [[], ["chat", "chat"], ["system"]])
+def test_replies_under_names_each_prompt_once(tiny_lm_dir, tmp_path, replies_under):
+    with pytest.raises(UserError, match="tasks.retain.*replies_under"):
+        _cfg(tiny_lm_dir, tmp_path, answered_by="teacher", replies_under=replies_under)
+
+
 @pytest.mark.parametrize("who, message", [
     ("tutor", "tasks.retain.answered_by: names agent 'tutor', which `agents` lacks"),
     ("student", "tasks.retain.answered_by: agent 'student' trains"),
