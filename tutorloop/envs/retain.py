@@ -16,10 +16,9 @@ anchor buys shows there (issue 16).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from tutorloop.errors import UserError
 from typing import Any, Callable
 
+from tutorloop.errors import UserError
 from tutorloop.envs.prompts import chat_attempt, student_attempt
 from tutorloop.graders import ANSWER_STOP
 from tutorloop.tasks.mix import build_mix
